@@ -1,0 +1,65 @@
+# Two commands set everything up on a fresh clone:  `make book`  and  `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MATHJAX_VERSION := 3.2.2
+MATHJAX := book/_static/mathjax/tex-mml-chtml.js
+PROFILE ?= default
+STAGE ?=
+export MPLBACKEND := agg
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: book test test-fast run stages html lab clean browser venv mathjax
+
+# ---- set-up -------------------------------------------------------------------------------------------------
+venv: $(STAMP)
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
+	@touch $@
+
+# MathJax is served from the book itself (the machines have no internet, and readers may not either).
+mathjax: $(MATHJAX)
+$(MATHJAX):
+	@command -v npm >/dev/null || { echo "npm is needed once to vendor MathJax (apt-get install npm)"; exit 1; }
+	@tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null && tar xzf mathjax-$(MATHJAX_VERSION).tgz) \
+	  && rm -rf book/_static/mathjax && mkdir -p book/_static/mathjax \
+	  && cp -r $$tmp/package/es5/. book/_static/mathjax/ && rm -rf $$tmp
+	@test -f $(MATHJAX) && echo "vendored mathjax@$(MATHJAX_VERSION) into book/_static/mathjax"
+
+# Headless Chromium for the browser test (Debian packages).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing chromium + chromium-driver with apt"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+# ---- the book -----------------------------------------------------------------------------------------------
+book: venv mathjax stages html
+
+stages: venv
+	$(PY) -m sdlib run-all --profile $(PROFILE)
+
+html: venv mathjax
+	$(PY) -m sdlib build-html
+
+run: venv
+	@test -n "$(STAGE)" || { echo "usage: make run STAGE=NN_name PROFILE=smoke|default|real"; exit 2; }
+	$(PY) -m sdlib run $(STAGE) --profile $(PROFILE)
+
+lab: venv
+	$(VENV)/bin/jupyter lab --notebook-dir=.
+
+# ---- tests --------------------------------------------------------------------------------------------------
+test: venv mathjax browser
+	$(PY) -m pytest -q -ra
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf _build book/stages/*.ipynb data/results data/failed data/interim .pytest_cache

@@ -1,0 +1,17 @@
+"""sdlib: the library behind the cross-modal speculative decoding research book.
+
+Notebooks stay thin and call into this package; everything with logic lives here.  The names
+below are the ones every stage notebook uses:
+
+- :func:`setup` seeds the run, sets the plot theme and makes progress bars quiet when headless;
+- :func:`glue` puts a number or figure into the book's prose (myst-nb glue);
+- :func:`save_metrics` hands a stage's metrics to the runner, which writes ``data/results/<stage>.json``;
+- :func:`progress` is the one progress bar (tqdm) every long loop uses.
+"""
+from __future__ import annotations
+
+from sdlib.core import glue, headless, progress, save_metrics, setup
+from sdlib import paths
+
+__all__ = ["setup", "glue", "save_metrics", "progress", "headless", "paths"]
+__version__ = "0.1.0"

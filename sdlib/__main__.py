@@ -1,0 +1,5 @@
+import sys
+
+from sdlib.runner import main
+
+sys.exit(main())
