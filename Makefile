@@ -8,7 +8,6 @@ MATHJAX_VERSION := 3.2.2
 MATHJAX := book/_static/mathjax/tex-mml-chtml.js
 PROFILE ?= default
 STAGE ?=
-export MPLBACKEND := agg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: book test test-fast run stages html lab clean browser venv mathjax

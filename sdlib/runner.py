@@ -67,10 +67,11 @@ def toc_stages(toc_path: Path | None = None) -> list[str]:
     return found
 
 
-def notebook_path(stage: str) -> Path:
-    nb = paths.NOTEBOOKS / f"{stage}.ipynb"
+def notebook_path(stage: str, notebooks_dir: Path | None = None) -> Path:
+    notebooks_dir = Path(notebooks_dir or paths.NOTEBOOKS)
+    nb = notebooks_dir / f"{stage}.ipynb"
     if not nb.is_file():
-        known = sorted(p.stem for p in paths.NOTEBOOKS.glob("*.ipynb"))
+        known = sorted(p.stem for p in notebooks_dir.glob("*.ipynb"))
         raise UsageError(f"unknown stage '{stage}': no {nb}; stages: {', '.join(known) or '(none)'}")
     return nb
 
@@ -129,12 +130,16 @@ def coerce(param: Param, value: Any, source: str) -> Any:
     raise bad
 
 
-def params_file(stage: str, profile: str) -> Path:
-    return paths.PARAMS / f"{stage}.{profile}.yaml"
+def params_file(stage: str, profile: str, params_dir: Path | None = None) -> Path:
+    return Path(params_dir or paths.PARAMS) / f"{stage}.{profile}.yaml"
 
 
 def resolve_parameters(
-    stage: str, profile: str, overrides: Iterable[tuple[str, str]] = ()
+    stage: str,
+    profile: str,
+    overrides: Iterable[tuple[str, str]] = (),
+    notebooks_dir: Path | None = None,
+    params_dir: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (overrides to inject, effective parameters) for a run, validated against the notebook.
 
@@ -142,11 +147,11 @@ def resolve_parameters(
     """
     if profile not in PROFILES:
         raise UsageError(f"unknown profile '{profile}'; profiles: {', '.join(PROFILES)}")
-    declared = notebook_parameters(notebook_path(stage))
+    declared = notebook_parameters(notebook_path(stage, notebooks_dir))
     valid = ", ".join(sorted(declared))
     inject: dict[str, Any] = {}
 
-    pf = params_file(stage, profile)
+    pf = params_file(stage, profile, params_dir)
     if pf.is_file():
         loaded = yaml.safe_load(pf.read_text()) or {}
         if not isinstance(loaded, dict):
@@ -208,6 +213,27 @@ def strip_widgets(nb_path: Path) -> None:
     nbformat.write(nb, nb_path)
 
 
+def glued_values(nb_path: Path) -> dict[str, Any]:
+    """Every value glued in an executed notebook, keyed by glue name (numbers parsed, other values as text)."""
+    import ast
+
+    nb = json.loads(Path(nb_path).read_text())
+    found: dict[str, Any] = {}
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+            if not name:
+                continue
+            data = out.get("data", {})
+            text = next((v for k, v in data.items() if k.endswith("text/plain")), None)
+            text = "".join(text) if isinstance(text, list) else text
+            try:
+                found[name] = ast.literal_eval(text) if text is not None else None
+            except (ValueError, SyntaxError):
+                found[name] = text
+    return found
+
+
 def page_failed(nb_path: Path) -> bool:
     """True if papermill recorded an exception in this executed notebook."""
     meta = json.loads(nb_path.read_text()).get("metadata", {}).get("papermill", {})
@@ -220,19 +246,25 @@ def run_stage(
     overrides: Iterable[tuple[str, str]] = (),
     output_dir: Path | None = None,
     progress_bar: bool = True,
+    notebooks_dir: Path | None = None,
+    params_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Execute one stage; returns the result record written to ``data/results/<stage>.json``."""
+    """Execute one stage; returns the result record written to ``data/results/<stage>.json``.
+
+    ``notebooks_dir``/``params_dir`` default to the repository's folders (the tests point them elsewhere).
+    """
     import papermill as pm
 
-    nb_in = notebook_path(stage)
-    inject, effective = resolve_parameters(stage, profile, overrides)
+    nb_in = notebook_path(stage, notebooks_dir)
+    inject, effective = resolve_parameters(stage, profile, overrides, notebooks_dir, params_dir)
     output_dir = Path(output_dir) if output_dir else paths.STAGES
     output_dir.mkdir(parents=True, exist_ok=True)
     pending = pending_metrics_path(stage)
     pending.unlink(missing_ok=True)
 
     os.environ[HEADLESS_ENV] = "1"  # inherited by the kernel: quiet progress bars inside the notebook
-    os.environ.setdefault("MPLBACKEND", "agg")
+    # the kernel must keep IPython's inline backend (an inherited MPLBACKEND=agg would swallow every figure)
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     os.environ["SDLIB_PROFILE"] = profile
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()

@@ -446,6 +446,7 @@ def build_dsec_split(seq_dirs: Sequence[str | Path], out_root: str | Path, split
         except DataError as e:
             writer.record_failure(seq_dir.name, e)
             continue
+        writer.clear_failure(seq.name)
         with reader:
             bar = clips
             if progress:
@@ -469,7 +470,8 @@ def _make_dsec_clip(clip: DsecClip, seq: DsecSequence, reader: DsecEvents, rmap:
     events = reader.get_events(clip.t0, clip.t1)
     meta: dict[str, Any] = {"sequence": seq.name, "clip_index": clip.index, "clip_us": clip_us,
                             "frame_timestamps_us": [int(t) for t in clip.frame_timestamps],
-                            "events_file": str(seq.events_path), "rectified": rmap is not None}
+                            "events_file": seq.events_path.relative_to(seq.seq_dir.parent).as_posix(),
+                            "rectified": rmap is not None}
     if rmap is not None:
         events, dropped = rectify_to_pixels(events, rmap, sensor_hw)
         meta["rectify_dropped"] = dropped

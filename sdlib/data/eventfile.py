@@ -144,6 +144,18 @@ def _atomic_tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _savez_reproducible(f: io.BufferedWriter, arrays: Mapping[str, np.ndarray], compress: bool) -> None:
+    """Like ``np.savez``, but with a fixed zip member date so equal content gives byte-identical files (stable
+    content hashes across reruns)."""
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(f, mode="w", compression=method, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = method
+            with zf.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
+
+
 def write_events_npz(path: str | Path, events: np.ndarray, *, time_start: int, time_end: int,
                      sensor_hw: tuple[int, int], meta: Mapping[str, Any] | None = None,
                      compress: bool = False) -> Path:
@@ -174,7 +186,7 @@ def write_events_npz(path: str | Path, events: np.ndarray, *, time_start: int, t
     tmp = _atomic_tmp(path)
     try:
         with open(tmp, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
+            _savez_reproducible(f, arrays, compress)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

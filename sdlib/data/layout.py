@@ -240,6 +240,10 @@ class DatasetWriter:
             info["traceback"] = "".join(traceback.format_exception(error))[-4000:]
         _atomic_write_text(self._marker(clip_id, "failed"), json.dumps(info, indent=1, sort_keys=True))
 
+    def clear_failure(self, clip_id: str) -> None:
+        """Forget a recorded failure of ``clip_id`` (e.g. a sequence that now opens)."""
+        self._marker(_check_clip_id(clip_id), "failed").unlink(missing_ok=True)
+
     def _remove_clip_files(self, clip_id: str, staging: bool = True) -> None:
         """Delete every file of ``clip_id`` in the data folders, and its staging folder if ``staging`` (not its
         markers)."""

@@ -165,7 +165,8 @@ class StaticObject:
 
     kind: str
     s_m: float
-    d_m: float  # lateral position of the near (road-side) edge of the face for buildings, of the centre otherwise
+    d_m: float  # buildings: lateral position of the face's road-side edge (the face extends away from the road);
+    # other kinds: lateral position of the centre
     width_m: float
     height_m: float
     colour: tuple[float, float, float]  # albedo
@@ -235,7 +236,7 @@ def _choice(rng: np.random.Generator, options: tuple | list, p: list[float] | No
 def _sample_road(rng: np.random.Generator) -> Road:
     lanes_forward = int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
     lanes_oncoming = int(rng.choice([0, 1, 2], p=[0.25, 0.5, 0.25]))
-    curvature = 0.0 if rng.random() < 0.6 else float(rng.choice([-1.0, 1.0]) * rng.uniform(0.003, 0.012))
+    curvature = 0.0 if rng.random() < 0.6 else float(rng.choice([-1.0, 1.0]) * rng.uniform(0.002, 0.008))
     if lanes_oncoming == 0:
         centre = "none"
     else:
@@ -300,7 +301,7 @@ def _sample_statics(rng: np.random.Generator, road: Road, environment: str) -> l
                 colour = tuple(float(np.clip(grey + tint[i], 0.05, 0.8)) for i in range(3))
                 statics.append(StaticObject(
                     kind="building", s_m=s, d_m=kerb_far + side * float(rng.uniform(0.5, 3.0)),
-                    width_m=width if side > 0 else -width, height_m=float(rng.uniform(6.0, 18.0)),
+                    width_m=width, height_m=float(rng.uniform(6.0, 18.0)),
                     colour=colour, window_seed=int(rng.integers(0, 2**31 - 1)),
                 ))
                 s += float(rng.uniform(12.0, 25.0))

@@ -1,0 +1,548 @@
+"""Render a scene to linear radiance, to the RGB camera's 8-bit frames and to the event sensor's luminance.
+
+The renderer is deliberately simple and fast: a pinhole camera over a flat ground plane (road, lane markings,
+sidewalks, zebra crossing, a cross street), and every object drawn as an upright billboard made of a few
+anti-aliased boxes (body, windows, wheels, lamps), painted far to near. Anti-aliased edges make sub-pixel motion
+change pixel values smoothly, which the event simulator needs.
+
+Three outputs come from one linear-radiance render:
+- `rgb_camera`: what the frame camera records. A fixed exposure gain per illumination, shot and read noise,
+  gamma 1/2.2 and 8-bit quantisation. At night the gain is capped, so the image is dark, low in contrast and noisy:
+  dark objects sink into the noise.
+- `luminance`: what the event sensor integrates. No gain, no noise, no quantisation: the event pixel works on the log
+  of luminance, so a dim scene keeps its contrast (an event camera's high dynamic range).
+- `render_clip` bundles both at a high internal frame rate (default 200 Hz, enough for the event simulator).
+
+Time policy. A clip of `duration_s` at `fps` has `round(duration_s * fps) + 1` frames at `k / fps` (both ends
+included). The target model sees 8 of them, picked by `uniform_frame_indices` (Video-LLaVA's own rule); every caller
+uses that one function.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .scene import COLOURS, MOTOR_VEHICLES, NEAR_CLIP_M, RoadUser, Scene
+
+DEFAULT_FPS = 200
+RGB_FRAMES = 8
+HFOV_DEG = 70.0
+HORIZON_FRAC = 0.40  # image row of the horizon, as a fraction of the height (the camera looks slightly down)
+CAMERA_HEIGHT_M = 1.4
+FAR_M = 150.0  # nothing beyond this depth is drawn; haze grows from HAZE_START_M
+HAZE_START_M = 55.0
+
+# Illumination: ambient light on surfaces, the ego's headlights, the sky, the RGB camera's exposure gain.
+ILLUMINATION = {
+    "day": dict(ambient=1.0, headlight=0.0, sky_top=(0.33, 0.52, 0.92), sky_horizon=(0.72, 0.80, 0.93), gain=1.0),
+    "dusk": dict(ambient=0.25, headlight=0.08, sky_top=(0.10, 0.09, 0.20), sky_horizon=(0.55, 0.30, 0.16), gain=2.5),
+    "night": dict(ambient=0.012, headlight=0.22, sky_top=(0.002, 0.002, 0.006), sky_horizon=(0.010, 0.010, 0.018),
+                  gain=5.0),
+}
+# RGB sensor noise, in linear units before the gain: sigma^2 = READ^2 + SHOT * signal. Plus a black level.
+READ_NOISE = 0.0015
+SHOT_NOISE = 0.00004
+BLACK_LEVEL = 0.004
+
+# Emitted radiance of lamps (not scaled by the ambient light).
+LAMP_RADIANCE = {"red": (4.0, 0.25, 0.10), "amber": (4.0, 2.2, 0.10), "green": (0.25, 3.0, 1.6)}
+LAMP_OFF_ALBEDO = {"red": (0.06, 0.015, 0.015), "amber": (0.06, 0.045, 0.01), "green": (0.015, 0.05, 0.03)}
+HEADLAMP = (2.6, 2.5, 2.1)
+TAIL_LAMP = (2.0, 0.08, 0.05)
+STREETLAMP = (2.2, 1.8, 1.1)
+WINDOW_LIT = (0.30, 0.24, 0.14)
+
+LUMA = np.array([0.2126, 0.7152, 0.0722])  # linear RGB -> luminance
+
+_GROUND_ALBEDO = np.array([
+    [0.0, 0.0, 0.0],        # 0: placeholder for asphalt (set per scene)
+    [0.62, 0.62, 0.60],     # 1: paint (lane lines, zebra, stop line)
+    [0.26, 0.26, 0.26],     # 2: sidewalk
+    [0.05, 0.11, 0.04],     # 3: grass verge (suburban)
+    [0.34, 0.30, 0.24],     # 4: paved square in front of buildings (urban)
+])  # [5, 3]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Camera and time
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Pinhole camera at CAMERA_HEIGHT_M above the road, looking along the road; pixel centres at k + 0.5."""
+
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        if self.width < 8 or self.height < 6:
+            raise ValueError(f"camera size {self.width}x{self.height}: expected at least 8x6 pixels")
+
+    @property
+    def focal_px(self) -> float:
+        return 0.5 * self.width / math.tan(math.radians(HFOV_DEG / 2))
+
+    @property
+    def cx(self) -> float:
+        return 0.5 * self.width
+
+    @property
+    def cy(self) -> float:
+        return HORIZON_FRAC * self.height
+
+    def project(self, x_m: float, y_m: float, z_m: float) -> tuple[float, float]:
+        """Camera-frame point (X right, Y up from the road, z depth) -> pixel coordinates (u, v)."""
+        return self.cx + self.focal_px * x_m / z_m, self.cy + self.focal_px * (CAMERA_HEIGHT_M - y_m) / z_m
+
+
+def clip_times_us(duration_s: float, fps: float = DEFAULT_FPS) -> np.ndarray:
+    """Frame timestamps of a clip in integer microseconds: round(duration_s * fps) + 1 frames from 0 to the end."""
+    if duration_s <= 0 or fps <= 0:
+        raise ValueError(f"duration_s={duration_s}, fps={fps}: expected both positive")
+    n = int(round(duration_s * fps)) + 1
+    return np.round(np.linspace(0.0, duration_s * 1e6, n)).astype(np.int64)  # [T]
+
+
+def uniform_frame_indices(n_total: int, n: int = RGB_FRAMES) -> np.ndarray:
+    """THE frame-sampling policy for the target's input: `n` indices spread uniformly over `n_total` frames,
+    `arange(0, n_total, n_total / n).astype(int)` as in Video-LLaVA's documentation (the first frame is always
+    included, the last usually is not)."""
+    if n < 1 or n_total < n:
+        raise ValueError(f"uniform_frame_indices: need 1 <= n <= n_total, got n={n}, n_total={n_total}")
+    return np.arange(0, n_total, n_total / n).astype(np.int64)[:n]  # [n]
+
+
+def rgb_sample_times_s(duration_s: float, fps: float = DEFAULT_FPS, n: int = RGB_FRAMES) -> np.ndarray:
+    """Times (s) of the frames the target sees, on the internal `fps` grid."""
+    times = clip_times_us(duration_s, fps)
+    return times[uniform_frame_indices(len(times), n)] / 1e6  # [n]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Light
+
+
+def light_level(illumination: str, x_m: np.ndarray | float, z_m: np.ndarray | float) -> np.ndarray | float:
+    """Irradiance factor on a surface at camera-frame (X, z): ambient light plus the ego's headlight beam."""
+    p = ILLUMINATION[illumination]
+    level = p["ambient"]
+    if p["headlight"] > 0:
+        z = np.maximum(z_m, 0.5)
+        level = level + p["headlight"] * np.exp(-z / 18.0) * np.exp(-((x_m / (0.3 * z + 1.0)) ** 2))
+    return level
+
+
+def camera_dn(radiance: np.ndarray | float, illumination: str) -> np.ndarray | float:
+    """Noise-free 8-bit value (as float) the RGB camera gives for a linear radiance."""
+    gain = ILLUMINATION[illumination]["gain"]
+    return 255.0 * np.clip(gain * np.asarray(radiance) + BLACK_LEVEL, 0.0, 1.0) ** (1 / 2.2)
+
+
+def rgb_noise_dn(radiance: np.ndarray | float, illumination: str) -> np.ndarray | float:
+    """Standard deviation (8-bit units) of the RGB camera's noise at a radiance (first-order propagation through the
+    gamma curve of the model `rgb_camera` draws from)."""
+    gain = ILLUMINATION[illumination]["gain"]
+    r = np.asarray(radiance, dtype=np.float64)
+    sigma = gain * np.sqrt(READ_NOISE**2 + SHOT_NOISE * r)
+    y = np.clip(gain * r + BLACK_LEVEL, 1e-4, 1.0)
+    return 255.0 / 2.2 * y ** (1 / 2.2 - 1) * sigma
+
+
+def rgb_camera(radiance: np.ndarray, illumination: str, rng: np.random.Generator) -> np.ndarray:
+    """Record linear radiance [..., 3] with the RGB camera: gain, noise, gamma, 8-bit. Returns uint8, same shape."""
+    if radiance.shape[-1] != 3:
+        raise ValueError(f"radiance shape {radiance.shape}: expected [..., 3]")
+    gain = ILLUMINATION[illumination]["gain"]
+    r = np.maximum(radiance, 0.0).astype(np.float32)
+    noise = rng.standard_normal(r.shape, dtype=np.float32)
+    noise *= np.sqrt(READ_NOISE**2 + SHOT_NOISE * r)
+    y = gain * (r + noise) + BLACK_LEVEL
+    np.clip(y, 0.0, 1.0, out=y)
+    return np.round(255.0 * y ** (1 / 2.2)).astype(np.uint8)
+
+
+def luminance(radiance: np.ndarray) -> np.ndarray:
+    """Linear luminance [...] of linear RGB radiance [..., 3], float32 (what the event sensor integrates)."""
+    return (radiance @ LUMA.astype(np.float32)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Ground and sky
+
+
+@dataclass(frozen=True)
+class _GroundGeometry:
+    rows: int  # number of subsampled rows below the horizon
+    first_row: int  # first subsampled row index that is ground
+    z: np.ndarray  # [rows, W*ss] depth of each subsample (m)
+    x: np.ndarray  # [rows, W*ss] lateral offset (m)
+    ss: int
+
+
+@lru_cache(maxsize=8)
+def _ground_geometry(width: int, height: int, ss: int) -> _GroundGeometry:
+    cam = Camera(width, height)
+    v = (np.arange(height * ss) + 0.5) / ss  # [H*ss] subsample row centres
+    u = (np.arange(width * ss) + 0.5) / ss  # [W*ss]
+    below = v - cam.cy
+    first = int(np.searchsorted(below, cam.focal_px * CAMERA_HEIGHT_M / FAR_M))
+    z = cam.focal_px * CAMERA_HEIGHT_M / below[first:]  # [rows]
+    z2 = np.repeat(z[:, None], len(u), axis=1)  # [rows, W*ss]
+    x2 = (u[None, :] - cam.cx) * z2 / cam.focal_px  # [rows, W*ss]
+    return _GroundGeometry(rows=len(z), first_row=first, z=z2, x=x2, ss=ss)
+
+
+def _sky(scene: Scene, cam: Camera, ss: int) -> np.ndarray:
+    p = ILLUMINATION[scene.illumination]
+    v = (np.arange(cam.height * ss) + 0.5) / ss
+    a = np.clip(1.0 - v / max(cam.cy, 1.0), 0.0, 1.0) ** 0.7  # 1 at the top, 0 at the horizon
+    top, hor = np.array(p["sky_top"]), np.array(p["sky_horizon"])
+    col = hor[None, :] * (1 - a[:, None]) + top[None, :] * a[:, None]  # [H*ss, 3]
+    return np.repeat(col[:, None, :], cam.width * ss, axis=1)  # [H*ss, W*ss, 3]
+
+
+def _ground_albedo_index(scene: Scene, geo: _GroundGeometry, s_ego: float) -> np.ndarray:
+    """Material index [rows, W*ss] of the ground (see _GROUND_ALBEDO)."""
+    road = scene.road
+    z = geo.z
+    s = z + s_ego
+    d = geo.x + road.lane_centre_m(scene.ego.lane) - 0.5 * road.curvature_per_m * z * z
+    left, right = road.left_edge_m, road.right_edge_m
+    on_road = (d >= left) & (d <= right)
+    cross = np.zeros_like(on_road)
+    if road.intersection_s_m is not None:
+        cross = (s >= road.intersection_s_m) & (s <= road.intersection_s_m + road.intersection_width_m)
+    sidewalk = ~on_road & (d >= left - road.sidewalk_width_m) & (d <= right + road.sidewalk_width_m)
+    idx = np.full(z.shape, 4 if scene.environment == "urban" else 3, dtype=np.int8)
+    idx[sidewalk] = 2
+    idx[on_road | cross] = 0
+    half = 0.075  # half line width (m)
+    dash = (s % 9.0) < 3.0  # 3 m dashes, 6 m gaps
+    paint = np.zeros_like(on_road)
+    paint |= (np.abs(d - left) < half) | (np.abs(d - right) < half)
+    for k in range(1, road.lanes_forward):
+        paint |= (np.abs(d - k * road.lane_width_m) < half) & dash
+    for k in range(1, road.lanes_oncoming):
+        paint |= (np.abs(d + k * road.lane_width_m) < half) & dash
+    if road.centre_line == "solid" and road.lanes_oncoming > 0 and road.lanes_forward > 0:
+        paint |= np.abs(d) < half
+    elif road.centre_line == "dashed":
+        paint |= (np.abs(d) < half) & dash
+    paint &= ~cross
+    if road.intersection_s_m is not None:
+        stop = (s >= road.intersection_s_m - 1.3) & (s <= road.intersection_s_m - 0.9) & (d >= 0) & (d <= right)
+        paint |= stop
+    if road.crosswalk_s_m is not None:
+        zebra = (np.abs(s - road.crosswalk_s_m) < 1.5) & on_road & ((d % 1.0) < 0.5)
+        paint |= zebra
+    idx[paint & (on_road | cross)] = 1
+    return idx
+
+
+def _ground_radiance(scene: Scene, geo: _GroundGeometry, s_ego: float, lit: np.ndarray,
+                     hazed: np.ndarray) -> np.ndarray:
+    """Ground radiance [rows, W*ss, 3]: albedo x light x (1 - haze) + haze colour x haze (lit and hazed precomputed)."""
+    albedo = _GROUND_ALBEDO.astype(np.float32)
+    albedo[0] = scene.road.asphalt_albedo
+    idx = _ground_albedo_index(scene, geo, s_ego)
+    rad = albedo[idx]  # [rows, W*ss, 3]
+    rad *= lit[..., None]
+    rad += hazed
+    return rad
+
+
+def _downsample(img: np.ndarray, ss: int) -> np.ndarray:
+    """Box-filter an [H*ss, W*ss, 3] image to [H, W, 3]."""
+    if ss == 1:
+        return img
+    out = np.zeros((img.shape[0] // ss, img.shape[1] // ss, 3), dtype=np.float32)
+    for i in range(ss):
+        for j in range(ss):
+            out += img[i::ss, j::ss]
+    out *= 1.0 / (ss * ss)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Objects as billboards of boxes
+
+# A part: (x0, x1, y0, y1) in metres (x across the billboard from its centre, y up from the road), albedo, emission.
+_Part = tuple[float, float, float, float, tuple[float, float, float], tuple[float, float, float] | None]
+
+_DARK = (0.025, 0.025, 0.03)
+_GLASS = (0.04, 0.045, 0.055)
+_SKIN = (0.42, 0.30, 0.22)
+_TROUSERS = ((0.03, 0.03, 0.035), (0.05, 0.06, 0.12), (0.12, 0.12, 0.12), (0.16, 0.12, 0.08))
+
+
+def _road_user_parts(u: RoadUser, illumination: str) -> list[_Part]:
+    colour = COLOURS[u.colour]
+    w, h = u.size_m
+    a, b = -w / 2, w / 2
+    lit = u.lights_on and u.kind in MOTOR_VEHICLES
+    towards = math.cos(u.heading_rad) < -0.7
+    parts: list[_Part] = []
+    if u.kind == "pedestrian":
+        trousers = _TROUSERS[u.uid % len(_TROUSERS)]
+        parts += [(-0.16, 0.16, 0.0, 0.86, trousers, None), (-0.23, 0.23, 0.84, 1.47, colour, None),
+                  (-0.1, 0.1, 1.49, 1.75, _SKIN, None)]
+        return parts
+    if u.kind == "bicycle":
+        trousers = _TROUSERS[u.uid % len(_TROUSERS)]
+        if u.side_on:
+            parts += [(a, a + 0.62, 0.0, 0.65, _DARK, None), (b - 0.62, b, 0.0, 0.65, _DARK, None),
+                      (-0.45, 0.45, 0.3, 0.55, (0.3, 0.3, 0.32), None)]
+        else:
+            parts += [(-0.04, 0.04, 0.0, 0.68, _DARK, None)]
+        parts += [(-0.15, 0.15, 0.5, 1.0, trousers, None), (-0.22, 0.22, 0.98, 1.5, colour, None),
+                  (-0.1, 0.1, 1.52, 1.75, _SKIN, None)]
+        return parts
+    if u.side_on:
+        length = w
+        if u.kind == "car":
+            parts += [(a, b, 0.18 * h, 0.6 * h, colour, None), (a + 0.22 * length, b - 0.2 * length, 0.58 * h, h, colour, None),
+                      (a + 0.27 * length, b - 0.25 * length, 0.64 * h, 0.93 * h, _GLASS, None)]
+        else:
+            parts += [(a, b, 0.12 * h, h, colour, None)]
+            if u.kind == "bus":
+                parts += [(a + 0.05 * length, b - 0.05 * length, 0.5 * h, 0.85 * h, _GLASS, None)]
+            else:
+                cab = (b - 0.22 * length, b) if math.sin(u.heading_rad) > 0 else (a, a + 0.22 * length)
+                parts += [(cab[0] + 0.05 * length, cab[1] - 0.05 * length, 0.55 * h, 0.85 * h, _GLASS, None)]
+        parts += [(a + 0.1 * length, a + 0.28 * length, 0.0, 0.3 * h, _DARK, None),
+                  (b - 0.28 * length, b - 0.1 * length, 0.0, 0.3 * h, _DARK, None)]
+        if lit:
+            front = b if math.sin(u.heading_rad) > 0 else a
+            parts += [(front - 0.08, front + 0.08, 0.35 * h, 0.45 * h, (0.5, 0.5, 0.45), HEADLAMP)]
+        return parts
+    lamp_col, lamp_emit = ((0.6, 0.6, 0.55), HEADLAMP) if towards else ((0.4, 0.03, 0.03), TAIL_LAMP)
+    emit = lamp_emit if lit else None
+    if u.kind == "car":
+        parts += [(a, b, 0.0, 0.2 * h, _DARK, None), (a, b, 0.18 * h, 0.62 * h, colour, None),
+                  (0.84 * a, 0.84 * b, 0.6 * h, h, colour, None), (0.7 * a, 0.7 * b, 0.66 * h, 0.93 * h, _GLASS, None)]
+        ly = (0.38 * h, 0.5 * h)
+    elif u.kind == "truck":
+        parts += [(a, b, 0.0, 0.25 * h, _DARK, None), (a, b, 0.23 * h, h, colour, None)]
+        if towards:
+            parts += [(0.85 * a, 0.85 * b, 0.55 * h, 0.82 * h, _GLASS, None)]
+        ly = (0.28 * h, 0.34 * h)
+    else:  # bus
+        parts += [(a, b, 0.0, 0.12 * h, _DARK, None), (a, b, 0.1 * h, h, colour, None),
+                  (0.9 * a, 0.9 * b, 0.45 * h, 0.88 * h, _GLASS, None)]
+        ly = (0.2 * h, 0.28 * h)
+    parts += [(a + 0.04, a + 0.32, ly[0], ly[1], lamp_col, emit), (b - 0.32, b - 0.04, ly[0], ly[1], lamp_col, emit)]
+    return parts
+
+
+def _light_parts(state: str, pole_h: float) -> list[_Part]:
+    parts: list[_Part] = [(-0.07, 0.07, 0.0, pole_h, (0.15, 0.15, 0.16), None),
+                          (-0.18, 0.18, pole_h, pole_h + 0.95, (0.03, 0.03, 0.03), None)]
+    for name, y in (("red", 0.82), ("amber", 0.48), ("green", 0.14)):
+        on = name == state
+        parts.append((-0.11, 0.11, pole_h + y - 0.11 + 0.1, pole_h + y + 0.11, LAMP_OFF_ALBEDO[name],
+                      LAMP_RADIANCE[name] if on else None))
+    return parts
+
+
+def _static_parts(kind: str, width: float, height: float, colour: tuple[float, float, float],
+                  illumination: str) -> list[_Part]:
+    if kind == "tree":
+        return [(-0.15, 0.15, 0.0, 0.45 * height, (0.12, 0.07, 0.03), None),
+                (-width / 2, width / 2, 0.35 * height, height, colour, None)]
+    parts: list[_Part] = [(-0.1, 0.1, 0.0, height, colour, None)]
+    if kind == "streetlamp":
+        on = STREETLAMP if illumination != "day" else None
+        parts.append((-0.45, 0.45, height - 0.25, height, (0.3, 0.3, 0.3), on))
+    return parts
+
+
+@dataclass
+class _Drawable:
+    z: float
+    x_centre: float
+    parts: list[_Part]
+    building: tuple[float, float, int] | None = None  # (width, height, window seed) for facade windows
+
+
+_AR = np.arange(8192, dtype=np.float32)
+
+
+def _draw_box(img: np.ndarray, u0: float, u1: float, v0: float, v1: float, colour: np.ndarray) -> None:
+    """Composite a box with anti-aliased edges (exact pixel-area coverage) onto img [H, W, 3] in place."""
+    h, w = img.shape[:2]
+    if u1 <= 0.0 or v1 <= 0.0 or u0 >= w or v0 >= h or u1 <= u0 or v1 <= v0:
+        return
+    c0, c1 = max(int(u0), 0), min(int(math.ceil(u1)), w)
+    r0, r1 = max(int(v0), 0), min(int(math.ceil(v1)), h)
+    cols = _AR[c0:c1]
+    rows = _AR[r0:r1]
+    ax = np.minimum(cols + 1, u1)
+    ax -= np.maximum(cols, u0)  # [c1-c0], in [0, 1] by construction of c0, c1
+    ay = np.minimum(rows + 1, v1)
+    ay -= np.maximum(rows, v0)  # [r1-r0]
+    region = img[r0:r1, c0:c1]
+    if ax.min() >= 1.0 and ay.min() >= 1.0:
+        region[...] = colour
+        return
+    alpha = (ay[:, None] * ax[None, :])[..., None]  # [r, c, 1]
+    region += alpha * (colour - region)
+
+
+def _draw_windows(img: np.ndarray, cam: Camera, u0: float, v_base: float, scale: float, width: float, height: float,
+                  seed: int, night: bool, light: float) -> None:
+    """Window grid on a building facade (point-sampled), lit at random (fixed per building) at night."""
+    h, w = img.shape[:2]
+    u_end = u0 + width * scale  # width < 0: the face extends to the left of u0
+    width = abs(width)
+    c0, c1 = max(int(min(u0, u_end)), 0), min(int(math.ceil(max(u0, u_end))), w)
+    r0, r1 = max(int(v_base - height * scale), 0), min(int(math.ceil(v_base)), h)
+    if c1 <= c0 or r1 <= r0:
+        return
+    lx = np.abs((np.arange(c0, c1) + 0.5 - u0) / scale)  # [c] metres along the face
+    ly = (v_base - (np.arange(r0, r1) + 0.5)) / scale  # [r] metres above the road
+    colx, fx = np.divmod(lx, 3.0)
+    rowy, fy = np.divmod(ly, 3.0)
+    okx = (fx > 0.8) & (fx < 2.2) & (lx > 0.6) & (lx < width - 0.6)
+    oky = (fy > 1.0) & (fy < 2.2) & (ly > 2.5) & (ly < height - 0.7)
+    mask = oky[:, None] & okx[None, :]  # [r, c]
+    if not mask.any():
+        return
+    region = img[r0:r1, c0:c1]
+    glass = np.array(_GLASS) * light
+    if night:
+        hsh = (colx.astype(np.int64)[None, :] * 73856093) ^ (rowy.astype(np.int64)[:, None] * 19349663) ^ seed
+        lit = (hsh % 100) < 35
+        region[mask & lit] = np.array(WINDOW_LIT)
+        region[mask & ~lit] = glass
+    else:
+        region[mask] = glass
+
+
+def _drawables(scene: Scene, t_s: float, illumination: str) -> list[_Drawable]:
+    out: list[_Drawable] = []
+    for o in scene.statics:
+        if o.kind == "building":
+            side = 1.0 if o.d_m > 0 else -1.0
+            dc = o.d_m + side * o.width_m / 2
+            x, z = scene.to_camera(o.s_m, dc, t_s)
+            parts = [(-o.width_m / 2, o.width_m / 2, 0.0, o.height_m, o.colour, None)]
+            out.append(_Drawable(z, x, parts, building=(side * o.width_m, o.height_m, o.window_seed)))
+        else:
+            x, z = scene.to_camera(o.s_m, o.d_m, t_s)
+            out.append(_Drawable(z, x, _static_parts(o.kind, o.width_m, o.height_m, o.colour, illumination)))
+    for u in scene.road_users:
+        s, d = u.position(t_s)
+        x, z = scene.to_camera(s, d, t_s)
+        out.append(_Drawable(z, x, _road_user_parts(u, illumination)))
+    tl = scene.traffic_light
+    if tl is not None:
+        x, z = scene.to_camera(tl.s_m, tl.d_m, t_s)
+        out.append(_Drawable(z, x, _light_parts(tl.state_at(t_s), tl.pole_height_m)))
+    return out
+
+
+def _draw_objects(img: np.ndarray, cam: Camera, scene: Scene, t_s: float, haze_col: np.ndarray) -> None:
+    illum = scene.illumination
+    items = [o for o in _drawables(scene, t_s, illum) if NEAR_CLIP_M < o.z < FAR_M]
+    items.sort(key=lambda o: -o.z)
+    f = cam.focal_px
+    for o in items:
+        scale = f / o.z  # pixels per metre at this depth
+        uc = cam.cx + o.x_centre * scale
+        v_ground = cam.cy + CAMERA_HEIGHT_M * scale
+        half = max(abs(p[1]) for p in o.parts) if o.building is None else abs(o.building[0]) / 2
+        if uc + half * scale < 0 or uc - half * scale > cam.width:
+            continue
+        light = float(light_level(illum, o.x_centre, o.z))
+        haze = min(max((o.z - HAZE_START_M) / (FAR_M - HAZE_START_M), 0.0), 1.0)
+        for x0, x1, y0, y1, alb, emit in o.parts:
+            col = np.asarray(alb) * light
+            if emit is not None:
+                col = col + np.asarray(emit)
+            col = col * (1 - haze) + haze_col * haze
+            _draw_box(img, uc + x0 * scale, uc + x1 * scale, v_ground - y1 * scale, v_ground - y0 * scale, col)
+        if o.building is not None and o.z < 70.0:
+            wid, hgt, seed = o.building
+            # the road-side edge of the face is the end nearer the image centre line
+            _draw_windows(img, cam, uc - wid / 2 * scale, v_ground, scale, wid, hgt, seed,
+                          illum == "night", light)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Public rendering entry points
+
+
+def render_radiance(scene: Scene, times_s: np.ndarray, width: int, height: int,
+                    supersample: int | None = None) -> np.ndarray:
+    """Linear radiance frames [T, H, W, 3] (float32) of `scene` at `times_s`.
+
+    supersample: sub-samples per pixel side for the ground (anti-aliasing of lane markings); default 2 for sensors up
+    to 320 px wide, else 1.
+    """
+    cam = Camera(int(width), int(height))
+    times_s = np.atleast_1d(np.asarray(times_s, dtype=np.float64))
+    if np.any(times_s < 0) or np.any(times_s > scene.duration_s + 1e-9):
+        raise ValueError(f"times_s: expected times within the clip [0, {scene.duration_s}] s")
+    ss = supersample if supersample is not None else (2 if width <= 320 else 1)
+    geo = _ground_geometry(cam.width, cam.height, ss)
+    sky = _sky(scene, cam, ss)  # [H*ss, W*ss, 3]
+    haze_col = np.array(ILLUMINATION[scene.illumination]["sky_horizon"])
+    light = np.asarray(light_level(scene.illumination, geo.x, geo.z)) * np.ones_like(geo.z)  # [rows, W*ss]
+    haze = np.clip((geo.z - HAZE_START_M) / (FAR_M - HAZE_START_M), 0.0, 1.0)  # [rows, W*ss]
+    out = np.empty((len(times_s), cam.height, cam.width, 3), dtype=np.float32)  # [T, H, W, 3]
+    lit = (light * (1 - haze)).astype(np.float32)  # [rows, W*ss]
+    hazed = (haze[..., None] * haze_col).astype(np.float32)  # [rows, W*ss, 3]
+    full = sky.astype(np.float32)  # [H*ss, W*ss, 3]
+    background = None
+    for k, t in enumerate(times_s):
+        if background is None or scene.ego.moving:
+            full[geo.first_row:] = _ground_radiance(scene, geo, scene.ego_s(float(t)), lit, hazed)
+            background = _downsample(full, ss)  # [H, W, 3]
+        img = background.copy()
+        _draw_objects(img, cam, scene, float(t), haze_col)
+        out[k] = img
+    return out
+
+
+@dataclass
+class RenderedClip:
+    """A clip rendered at the internal frame rate.
+
+    frames: uint8 [T, H, W, 3], the RGB camera's frames (noisy, gamma-encoded);
+    luminance: float32 [T, H, W], linear luminance for the event simulator;
+    times_us: int64 [T].
+    """
+
+    frames: np.ndarray
+    luminance: np.ndarray
+    times_us: np.ndarray
+    illumination: str
+
+    def target_frames(self, n: int = RGB_FRAMES) -> tuple[np.ndarray, np.ndarray]:
+        """The n frames the target sees ([n, H, W, 3] uint8) and their times (µs), by `uniform_frame_indices`."""
+        idx = uniform_frame_indices(len(self.times_us), n)
+        return self.frames[idx], self.times_us[idx]
+
+
+def render_clip(scene: Scene, rng: np.random.Generator, width: int = 128, height: int = 96,
+                fps: float = DEFAULT_FPS) -> RenderedClip:
+    """Render the whole clip at `fps`: RGB camera frames and event-sensor luminance from one radiance render.
+    `rng` draws the RGB camera noise."""
+    times_us = clip_times_us(scene.duration_s, fps)
+    rad = render_radiance(scene, times_us / 1e6, width, height)
+    return RenderedClip(frames=rgb_camera(rad, scene.illumination, rng), luminance=luminance(rad),
+                        times_us=times_us, illumination=scene.illumination)
+
+
+def render_target_frames(scene: Scene, rng: np.random.Generator, width: int, height: int,
+                         fps: float = DEFAULT_FPS, n: int = RGB_FRAMES) -> tuple[np.ndarray, np.ndarray]:
+    """Only the n frames the target sees (uint8 [n, H, W, 3]) and their times (µs), rendered directly at the RGB
+    size; same times as `RenderedClip.target_frames` at the same fps."""
+    times_us = clip_times_us(scene.duration_s, fps)
+    times_us = times_us[uniform_frame_indices(len(times_us), n)]
+    rad = render_radiance(scene, times_us / 1e6, width, height)
+    return rgb_camera(rad, scene.illumination, rng), times_us

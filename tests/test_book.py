@@ -1,0 +1,182 @@
+"""End to end: every stage runs with its smoke profile, the book builds with -W, and a real browser reads it.
+
+The book is assembled in a temporary folder (sources copied, stage pages written by the runner there), so
+these tests never touch the book/stages pages that `make book` made.
+"""
+import json
+import os
+import shutil
+import subprocess
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from sdlib import paths, runner
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory):
+    """Run all stages (smoke) into a copy of the book and build it; returns (source dir, {stage: record})."""
+    src = tmp_path_factory.mktemp("book")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(paths.ROOT / name, src / name)
+    shutil.copytree(paths.BOOK, src / "book", ignore=shutil.ignore_patterns("stages", "mathjax", "*.ipynb"))
+    mathjax = paths.BOOK / "_static" / "mathjax"
+    assert (mathjax / "tex-mml-chtml.js").is_file(), "MathJax is not vendored: run `make mathjax`"
+    (src / "book" / "_static" / "mathjax").symlink_to(mathjax, target_is_directory=True)
+    old = os.environ.get("SDLIB_DATA_DIR")
+    os.environ["SDLIB_DATA_DIR"] = str(src / "data")
+    try:
+        records = {
+            stage: runner.run_stage(stage, "smoke", output_dir=src / "book" / "stages", progress_bar=False)
+            for stage in runner.toc_stages()
+        }
+    finally:
+        if old is None:
+            os.environ.pop("SDLIB_DATA_DIR", None)
+        else:
+            os.environ["SDLIB_DATA_DIR"] = old
+    runner.build_html(src)
+    return src, records
+
+
+def test_every_stage_writes_a_result_record(smoke_book):
+    src, records = smoke_book
+    for stage, rec in records.items():
+        saved = json.loads((src / "data" / "results" / f"{stage}.json").read_text())
+        assert saved["stage"] == stage and saved["profile"] == "smoke"
+        assert saved["metrics"], f"{stage} saved no metrics"
+        assert set(saved) >= {"stage", "profile", "parameters", "git_rev", "started", "duration_s", "metrics"}
+
+
+def test_theory_stage_values(smoke_book):
+    src, records = smoke_book
+    metrics = records["07_theory"]["metrics"]
+    published = {f"{a:.2f}": v for a, v in {0.21: 1.01, 0.30: 1.04, 0.40: 1.09, 0.50: 1.14, 0.60: 1.19, 0.70: 1.25,
+                                             0.80: 1.32, 0.90: 1.39, 1.00: 1.47}.items()}
+    assert {k: round(v, 2) for k, v in metrics["seed_table"].items()} == published
+    assert metrics["free_tokens_4090"] == 22
+    glued = runner.glued_values(src / "book" / "stages" / "07_theory.ipynb")
+    assert glued["seed_mismatch_est"] == 0 and glued["seed_mismatch_quoted"] == 1
+    assert glued["mc_max_rel_err"] < 0.03  # smoke runs 2e4 trials; the unit tests check 1% at 1e5
+    assert 0.80 < glued["alpha_from_seed_rate"] < 0.83
+    assert 1.0 < glued["model_s_at_seed"] < glued["model_s_perfect"] < 2.0
+    assert 0.0 < glued["decision_cross_fraction"] < 1.0
+
+
+def test_html_has_every_page(smoke_book):
+    src, _ = smoke_book
+    html = src / "_build" / "html"
+    assert (html / "index.html").is_file()
+    page = (html / "book" / "stages" / "07_theory.html").read_text()
+    assert "Theory" in page and "<img" in page
+    assert "1.47" in page  # a glued number reached the prose/table
+    assert not (html / "reports").exists() or not any((html / "reports").iterdir())
+
+
+def test_a_missing_glue_key_fails_the_build(smoke_book, tmp_path):
+    src, _ = smoke_book
+    broken = tmp_path / "broken"
+    shutil.copytree(src, broken, symlinks=True, ignore=shutil.ignore_patterns("_build", "data"))
+    note = broken / "book" / "notes" / "cascaded_sd.md"
+    note.write_text(note.read_text() + "\n\nA stale number: {glue:text}`../stages/07_theory.ipynb::no_such_key:.2f`.\n")
+    with pytest.raises(runner.StageFailed, match="jupyter-book build failed"):
+        runner.build_html(broken)
+
+
+# ---- a real browser ------------------------------------------------------------------------------------------
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def served(smoke_book):
+    html = smoke_book[0] / "_build" / "html"
+    handler = partial(SimpleHTTPRequestHandler, directory=str(html))
+    handler.log_message = lambda *a, **k: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("chromium/chromedriver missing: `make browser` installs them (apt packages chromium, chromium-driver)")
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach for the network
+    from selenium import webdriver
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,1800",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _requested_urls(driver):
+    urls = []
+    for entry in driver.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg.get("method") == "Network.requestWillBeSent":
+            urls.append(msg["params"]["request"]["url"])
+    return urls
+
+
+def _wait_for_mathjax(driver):
+    driver.set_script_timeout(60)
+    return driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "if (!window.MathJax || !MathJax.startup) { done('no MathJax'); return; }"
+        "MathJax.startup.promise.then(() => done('ok')).catch(e => done('error: ' + e));"
+    )
+
+
+def _images(driver):
+    return driver.execute_script(
+        "return Array.from(document.images).map(i => [i.currentSrc || i.src, i.complete, i.naturalWidth]);"
+    )
+
+
+@pytest.mark.parametrize("page,title_part", [("index.html", "Cross-modal speculative decoding"),
+                                             ("book/stages/07_theory.html", "Theory")])
+def test_browser_renders_page_offline(browser, served, page, title_part):
+    browser.get_log("performance")  # drop earlier entries
+    browser.get(f"{served}/{page}")
+    assert title_part in browser.title
+    assert "speculative decoding" in browser.title.lower() or "Theory" in browser.title
+    assert _wait_for_mathjax(browser) == "ok"
+    images = _images(browser)
+    broken = [src for src, complete, width in images if not complete or width == 0]
+    assert not broken, f"images that did not load: {broken}"
+    text = browser.execute_script("return document.body.innerText;")
+    assert "$$" not in text, "raw $$ left in the page: MathJax did not typeset it"
+    network = [u for u in _requested_urls(browser) if u.split(":", 1)[0] in ("http", "https", "ws", "wss", "ftp")]
+    assert any(u.startswith(f"{served}/{page}") for u in network), "the page request itself was not logged"
+    off_host = [u for u in network if not u.startswith(served + "/")]
+    assert not off_host, f"requests left the host: {off_host}"
+    if "theory" in page:
+        assert len(images) >= 5, f"expected the theory figures, found {len(images)} images"
+        n_math = browser.execute_script("return document.querySelectorAll('mjx-container').length;")
+        n_blocks = browser.execute_script("return document.querySelectorAll('div.math').length;")
+        assert n_blocks >= 3 and n_math >= n_blocks, (n_math, n_blocks)
+        assert "\\frac" not in text
+        shots = paths.ROOT / "_build" / "screenshots"
+        shots.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(shots / "theory.png"))
+    else:
+        (paths.ROOT / "_build" / "screenshots").mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(paths.ROOT / "_build" / "screenshots" / "index.png"))
