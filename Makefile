@@ -55,7 +55,7 @@ lab: venv
 
 # ---- tests --------------------------------------------------------------------------------------------------
 test: venv mathjax browser
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra tests --nbval-lax --nbval-current-env notebooks
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
