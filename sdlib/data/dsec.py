@@ -169,7 +169,8 @@ class DsecEvents:
 
     # ---- slicing -----------------------------------------------------------------------------------------------
     def index_range(self, t0: int, t1: int) -> tuple[int, int]:
-        """Indices ``[i0, i1)`` of the events with absolute ``t0 <= t < t1`` (µs).
+        """Indices ``[i0, i1)`` of the events with absolute ``t0 <= t < t1`` (µs); equal to
+        ``np.searchsorted(t_abs, [t0, t1], "left")`` over the whole stream, also for empty windows.
 
         ms-window lookup through ``ms_to_idx`` (conservative: ``floor(t0/1000)``, ``ceil(t1/1000)``), checked
         against ``t`` at its two ends, then exact refinement with ``np.searchsorted`` on the loaded chunk.
@@ -177,7 +178,7 @@ class DsecEvents:
         t0, t1 = int(t0), int(t1)
         if t1 < t0:
             raise ValueError(f"events file {self.path}: window [{t0}, {t1}) has t1 < t0")
-        if t1 == t0 or self.n_events == 0:
+        if self.n_events == 0:
             return (0, 0)
         r0, r1 = t0 - self.t_offset, t1 - self.t_offset  # relative to the file's t
         n_ms = self.ms_to_idx.shape[0]

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from sdlib.data.errors import DataError
+from sdlib.world.events import EVENT_DTYPE  # the one canonical dtype: x u2, y u2, t i8 (µs), p u1 (0/1)
 
 __all__ = [
     "EVENT_DTYPE",
@@ -36,18 +37,6 @@ __all__ = [
     "load_eventgpt_npy",
     "events_from_dict",
 ]
-
-try:  # a colleague's sdlib.world may define the canonical dtype; use it when it has the same fields
-    from sdlib.world.events import EVENT_DTYPE as _WORLD_EVENT_DTYPE  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on which parts of the package exist
-    _WORLD_EVENT_DTYPE = None
-
-_OWN_EVENT_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("t", "<i8"), ("p", "u1")])
-if _WORLD_EVENT_DTYPE is not None and np.dtype(_WORLD_EVENT_DTYPE) == _OWN_EVENT_DTYPE:
-    EVENT_DTYPE: np.dtype = np.dtype(_WORLD_EVENT_DTYPE)
-else:
-    EVENT_DTYPE = _OWN_EVENT_DTYPE
-"""x uint16 (column), y uint16 (row), t int64 (µs), p uint8 (0 = OFF, 1 = ON)."""
 
 _NPZ_KEYS = ("x", "y", "t", "p", "time_start", "time_end", "sensor_hw")
 
@@ -201,7 +190,7 @@ def read_events_npz(path: str | Path) -> EventWindow:
         raise DataError(f"event file {path}: not found; expected an .npz event file", source=path,
                         expected="existing .npz file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
             missing = [k for k in _NPZ_KEYS if k not in npz.files]
             if missing:
                 raise DataError(f"event file {path}: missing arrays {missing}; expected {list(_NPZ_KEYS)}",
