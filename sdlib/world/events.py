@@ -139,7 +139,7 @@ def simulate_events(luminance: np.ndarray, times_us: np.ndarray, config: EventSi
     leak_on = config.leak_hz > 0
     refractory = int(config.refractory_us)
     ref = log_intensity(lum[0], config.log_eps).ravel()  # [P]
-    last_t = np.full(ref.shape, _NEVER, dtype=np.int64)  # [P]
+    last_t = np.full(ref.shape, _NEVER, dtype=np.int64)  # [P] time of the last emitted event (refractory only)
     l_prev = ref.copy()
 
     chunks_pix: list[np.ndarray] = []
@@ -175,8 +175,6 @@ def simulate_events(luminance: np.ndarray, times_us: np.ndarray, config: EventSi
             if refractory > 0:
                 keep = _refractory(t, na, start, active, last_t, refractory)
                 rep, t = rep[keep], t[keep]
-            else:
-                last_t[active] = t[start + na - 1]
             chunks_pix.append(active[rep])
             chunks_t.append(t)
             chunks_p.append(pos[active][rep])

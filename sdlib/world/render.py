@@ -13,9 +13,10 @@ Three outputs come from one linear-radiance render:
   of luminance, so a dim scene keeps its contrast (an event camera's high dynamic range).
 - `render_clip` bundles both at a high internal frame rate (default 200 Hz, enough for the event simulator).
 
-Time policy. A clip of `duration_s` at `fps` has `round(duration_s * fps) + 1` frames at `k / fps` (both ends
-included). The target model sees 8 of them, picked by `uniform_frame_indices` (Video-LLaVA's own rule); every caller
-uses that one function.
+Time policy. A clip of `duration_s` at `fps` is rendered at `round(duration_s * fps) + 1` times `k / fps`, both ends
+included, so that the event simulator covers the whole clip. The clip's video is the first `round(duration_s * fps)`
+of them (the frame at the end time would be the next clip's first). The target model sees 8 video frames, picked by
+`uniform_frame_indices` (Video-LLaVA's own rule) through `target_frame_indices`; every caller uses that one function.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ HAZE_START_M = 55.0
 ILLUMINATION = {
     "day": dict(ambient=1.0, headlight=0.0, sky_top=(0.33, 0.52, 0.92), sky_horizon=(0.72, 0.80, 0.93), gain=1.0),
     "dusk": dict(ambient=0.25, headlight=0.08, sky_top=(0.10, 0.09, 0.20), sky_horizon=(0.55, 0.30, 0.16), gain=2.5),
-    "night": dict(ambient=0.012, headlight=0.22, sky_top=(0.002, 0.002, 0.006), sky_horizon=(0.010, 0.010, 0.018),
+    "night": dict(ambient=0.006, headlight=0.22, sky_top=(0.002, 0.002, 0.006), sky_horizon=(0.010, 0.010, 0.018),
                   gain=5.0),
 }
 # RGB sensor noise, in linear units before the gain: sigma^2 = READ^2 + SHOT * signal. Plus a black level.
@@ -116,10 +117,15 @@ def uniform_frame_indices(n_total: int, n: int = RGB_FRAMES) -> np.ndarray:
     return np.arange(0, n_total, n_total / n).astype(np.int64)[:n]  # [n]
 
 
+def target_frame_indices(n_rendered: int, n: int = RGB_FRAMES) -> np.ndarray:
+    """Indices, among a clip's `n_rendered` frames (see the time policy above), of the n frames the target sees."""
+    return uniform_frame_indices(n_rendered - 1, n)
+
+
 def rgb_sample_times_s(duration_s: float, fps: float = DEFAULT_FPS, n: int = RGB_FRAMES) -> np.ndarray:
-    """Times (s) of the frames the target sees, on the internal `fps` grid."""
+    """Times (s) of the frames the target sees, on the `fps` grid."""
     times = clip_times_us(duration_s, fps)
-    return times[uniform_frame_indices(len(times), n)] / 1e6  # [n]
+    return times[target_frame_indices(len(times), n)] / 1e6  # [n]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -132,7 +138,7 @@ def light_level(illumination: str, x_m: np.ndarray | float, z_m: np.ndarray | fl
     level = p["ambient"]
     if p["headlight"] > 0:
         z = np.maximum(z_m, 0.5)
-        level = level + p["headlight"] * np.exp(-z / 18.0) * np.exp(-((x_m / (0.3 * z + 1.0)) ** 2))
+        level = level + p["headlight"] * np.exp(-z / 12.0) * np.exp(-((x_m / (0.15 * z + 1.0)) ** 2))
     return level
 
 
@@ -142,27 +148,41 @@ def camera_dn(radiance: np.ndarray | float, illumination: str) -> np.ndarray | f
     return 255.0 * np.clip(gain * np.asarray(radiance) + BLACK_LEVEL, 0.0, 1.0) ** (1 / 2.2)
 
 
+_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(48)  # quadrature for expectations under N(0, 1)
+_GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
+
+
 def rgb_noise_dn(radiance: np.ndarray | float, illumination: str) -> np.ndarray | float:
-    """Standard deviation (8-bit units) of the RGB camera's noise at a radiance (first-order propagation through the
-    gamma curve of the model `rgb_camera` draws from)."""
+    """Standard deviation (8-bit units) of the value `rgb_camera` records for a radiance: the Gaussian sensor noise
+    pushed through clipping and the gamma curve (by quadrature, exact for the model), plus rounding."""
     gain = ILLUMINATION[illumination]["gain"]
-    r = np.asarray(radiance, dtype=np.float64)
-    sigma = gain * np.sqrt(READ_NOISE**2 + SHOT_NOISE * r)
-    y = np.clip(gain * r + BLACK_LEVEL, 1e-4, 1.0)
-    return 255.0 / 2.2 * y ** (1 / 2.2 - 1) * sigma
+    r = np.asarray(radiance, dtype=np.float64)[..., None]
+    y = gain * (r + np.sqrt(READ_NOISE**2 + SHOT_NOISE * r) * _GH_NODES) + BLACK_LEVEL  # [..., nodes]
+    dn = 255.0 * np.clip(y, 0.0, 1.0) ** (1 / 2.2)
+    mean = dn @ _GH_WEIGHTS
+    var = ((dn - mean[..., None]) ** 2) @ _GH_WEIGHTS + 1 / 12
+    return np.sqrt(var)
+
+
+_GAMMA_LUT = np.round(255.0 * (np.arange(65536) / 65535.0) ** (1 / 2.2)).astype(np.uint8)  # 16-bit linear -> 8-bit
 
 
 def rgb_camera(radiance: np.ndarray, illumination: str, rng: np.random.Generator) -> np.ndarray:
     """Record linear radiance [..., 3] with the RGB camera: gain, noise, gamma, 8-bit. Returns uint8, same shape."""
     if radiance.shape[-1] != 3:
         raise ValueError(f"radiance shape {radiance.shape}: expected [..., 3]")
+    if illumination not in ILLUMINATION:
+        raise ValueError(f"illumination={illumination!r}: expected one of {tuple(ILLUMINATION)}")
     gain = ILLUMINATION[illumination]["gain"]
     r = np.maximum(radiance, 0.0).astype(np.float32)
-    noise = rng.standard_normal(r.shape, dtype=np.float32)
-    noise *= np.sqrt(READ_NOISE**2 + SHOT_NOISE * r)
-    y = gain * (r + noise) + BLACK_LEVEL
-    np.clip(y, 0.0, 1.0, out=y)
-    return np.round(255.0 * y ** (1 / 2.2)).astype(np.uint8)
+    sigma = np.sqrt(np.float32(READ_NOISE**2) + np.float32(SHOT_NOISE) * r)
+    y = rng.standard_normal(r.shape, dtype=np.float32)
+    y *= sigma
+    y += r
+    y *= np.float32(gain * 65535.0)
+    y += np.float32(BLACK_LEVEL * 65535.0)
+    np.clip(y, 0.0, 65535.0, out=y)
+    return _GAMMA_LUT[(y + 0.5).astype(np.uint16)]
 
 
 def luminance(radiance: np.ndarray) -> np.ndarray:
@@ -205,60 +225,75 @@ def _sky(scene: Scene, cam: Camera, ss: int) -> np.ndarray:
     return np.repeat(col[:, None, :], cam.width * ss, axis=1)  # [H*ss, W*ss, 3]
 
 
-def _ground_albedo_index(scene: Scene, geo: _GroundGeometry, s_ego: float) -> np.ndarray:
-    """Material index [rows, W*ss] of the ground (see _GROUND_ALBEDO)."""
-    road = scene.road
-    z = geo.z
-    s = z + s_ego
-    d = geo.x + road.lane_centre_m(scene.ego.lane) - 0.5 * road.curvature_per_m * z * z
-    left, right = road.left_edge_m, road.right_edge_m
-    on_road = (d >= left) & (d <= right)
-    cross = np.zeros_like(on_road)
-    if road.intersection_s_m is not None:
-        cross = (s >= road.intersection_s_m) & (s <= road.intersection_s_m + road.intersection_width_m)
-    sidewalk = ~on_road & (d >= left - road.sidewalk_width_m) & (d <= right + road.sidewalk_width_m)
-    idx = np.full(z.shape, 4 if scene.environment == "urban" else 3, dtype=np.int8)
-    idx[sidewalk] = 2
-    idx[on_road | cross] = 0
-    half = 0.075  # half line width (m)
-    dash = (s % 9.0) < 3.0  # 3 m dashes, 6 m gaps
-    paint = np.zeros_like(on_road)
-    paint |= (np.abs(d - left) < half) | (np.abs(d - right) < half)
-    for k in range(1, road.lanes_forward):
-        paint |= (np.abs(d - k * road.lane_width_m) < half) & dash
-    for k in range(1, road.lanes_oncoming):
-        paint |= (np.abs(d + k * road.lane_width_m) < half) & dash
-    if road.centre_line == "solid" and road.lanes_oncoming > 0 and road.lanes_forward > 0:
-        paint |= np.abs(d) < half
-    elif road.centre_line == "dashed":
-        paint |= (np.abs(d) < half) & dash
-    paint &= ~cross
-    if road.intersection_s_m is not None:
-        stop = (s >= road.intersection_s_m - 1.3) & (s <= road.intersection_s_m - 0.9) & (d >= 0) & (d <= right)
-        paint |= stop
-    if road.crosswalk_s_m is not None:
-        zebra = (np.abs(s - road.crosswalk_s_m) < 1.5) & on_road & ((d % 1.0) < 0.5)
-        paint |= zebra
-    idx[paint & (on_road | cross)] = 1
-    return idx
+class _GroundLayer:
+    """The ground of one scene on one camera. Everything that depends only on the lateral road coordinate is
+    precomputed; per frame only the along-road patterns (dashes, stop line, zebra, cross street) move with the ego."""
 
+    def __init__(self, scene: Scene, geo: _GroundGeometry, light: np.ndarray, haze: np.ndarray,
+                 haze_col: np.ndarray) -> None:
+        road = scene.road
+        self.scene, self.geo = scene, geo
+        self.z_row = geo.z[:, 0]  # [rows]
+        z = geo.z
+        d = geo.x + road.lane_centre_m(scene.ego.lane) - 0.5 * road.curvature_per_m * z * z  # [rows, W*ss]
+        left, right = road.left_edge_m, road.right_edge_m
+        on_road = (d >= left) & (d <= right)
+        sidewalk = ~on_road & (d >= left - road.sidewalk_width_m) & (d <= right + road.sidewalk_width_m)
+        base = np.full(z.shape, 4 if scene.environment == "urban" else 3, dtype=np.int8)
+        base[sidewalk] = 2
+        base[on_road] = 0
+        half = 0.075  # half line width (m)
+        solid = (np.abs(d - left) < half) | (np.abs(d - right) < half)
+        dashed = np.zeros_like(on_road)
+        for k in range(1, road.lanes_forward):
+            dashed |= np.abs(d - k * road.lane_width_m) < half
+        for k in range(1, road.lanes_oncoming):
+            dashed |= np.abs(d + k * road.lane_width_m) < half
+        if road.centre_line == "solid" and road.lanes_oncoming > 0:
+            solid |= np.abs(d) < half
+        elif road.centre_line == "dashed":
+            dashed |= np.abs(d) < half
+        self.solid = solid & on_road
+        self.dashed = dashed & on_road
+        self.stop = (d >= 0) & (d <= right)
+        self.zebra = on_road & ((d % 1.0) < 0.5)
+        albedo = _GROUND_ALBEDO.copy()
+        albedo[0] = road.asphalt_albedo
+        lit = light * (1 - haze)  # [rows, W*ss]
+        hazed = haze[..., None] * haze_col  # [rows, W*ss, 3]
+        self.base = (albedo[base] * lit[..., None] + hazed).astype(np.float32)  # [rows, W*ss, 3]
+        self.asphalt = (albedo[0] * lit[..., None] + hazed).astype(np.float32)
+        self.paint = (albedo[1] * lit[..., None] + hazed).astype(np.float32)
 
-def _ground_radiance(scene: Scene, geo: _GroundGeometry, s_ego: float, lit: np.ndarray,
-                     hazed: np.ndarray) -> np.ndarray:
-    """Ground radiance [rows, W*ss, 3]: albedo x light x (1 - haze) + haze colour x haze (lit and hazed precomputed)."""
-    albedo = _GROUND_ALBEDO.astype(np.float32)
-    albedo[0] = scene.road.asphalt_albedo
-    idx = _ground_albedo_index(scene, geo, s_ego)
-    rad = albedo[idx]  # [rows, W*ss, 3]
-    rad *= lit[..., None]
-    rad += hazed
-    return rad
+    def radiance(self, s_ego: float) -> np.ndarray:
+        """Ground radiance [rows, W*ss, 3] when the ego has driven s_ego metres."""
+        road = self.scene.road
+        s = self.z_row + s_ego  # [rows] along-road position of each row
+        rad = self.base.copy()
+        no_cross = np.ones(s.shape, dtype=bool)
+        if road.intersection_s_m is not None:
+            cross = (s >= road.intersection_s_m) & (s <= road.intersection_s_m + road.intersection_width_m)
+            if cross.any():
+                rad[cross] = self.asphalt[cross]
+                no_cross = ~cross
+        dash = ((s % 9.0) < 3.0) & no_cross  # 3 m dashes, 6 m gaps
+        paint = (self.solid & no_cross[:, None]) | (self.dashed & dash[:, None])
+        if road.intersection_s_m is not None:
+            stop = (s >= road.intersection_s_m - 1.3) & (s <= road.intersection_s_m - 0.9)
+            if stop.any():
+                paint |= self.stop & stop[:, None]
+        if road.crosswalk_s_m is not None:
+            zebra = np.abs(s - road.crosswalk_s_m) < 1.5
+            if zebra.any():
+                paint |= self.zebra & zebra[:, None]
+        np.copyto(rad, self.paint, where=paint[..., None])
+        return rad
 
 
 def _downsample(img: np.ndarray, ss: int) -> np.ndarray:
     """Box-filter an [H*ss, W*ss, 3] image to [H, W, 3]."""
     if ss == 1:
-        return img
+        return img.copy()
     out = np.zeros((img.shape[0] // ss, img.shape[1] // ss, 3), dtype=np.float32)
     for i in range(ss):
         for j in range(ss):
@@ -279,7 +314,9 @@ _SKIN = (0.42, 0.30, 0.22)
 _TROUSERS = ((0.03, 0.03, 0.035), (0.05, 0.06, 0.12), (0.12, 0.12, 0.12), (0.16, 0.12, 0.08))
 
 
-def _road_user_parts(u: RoadUser, illumination: str) -> list[_Part]:
+def road_user_parts(u: RoadUser, illumination: str) -> list[_Part]:
+    """The boxes a road user is drawn with: (x0, x1, y0, y1, albedo, emission), x across the billboard from its
+    centre and y up from the road, in metres; all inside [-width/2, width/2] x [0, height] (`RoadUser.size_m`)."""
     colour = COLOURS[u.colour]
     w, h = u.size_m
     a, b = -w / 2, w / 2
@@ -304,7 +341,8 @@ def _road_user_parts(u: RoadUser, illumination: str) -> list[_Part]:
     if u.side_on:
         length = w
         if u.kind == "car":
-            parts += [(a, b, 0.18 * h, 0.6 * h, colour, None), (a + 0.22 * length, b - 0.2 * length, 0.58 * h, h, colour, None),
+            parts += [(a, b, 0.18 * h, 0.6 * h, colour, None),
+                      (a + 0.22 * length, b - 0.2 * length, 0.58 * h, h, colour, None),
                       (a + 0.27 * length, b - 0.25 * length, 0.64 * h, 0.93 * h, _GLASS, None)]
         else:
             parts += [(a, b, 0.12 * h, h, colour, None)]
@@ -338,12 +376,14 @@ def _road_user_parts(u: RoadUser, illumination: str) -> list[_Part]:
     return parts
 
 
-def _light_parts(state: str, pole_h: float) -> list[_Part]:
+def light_parts(state: str, pole_h: float) -> list[_Part]:
+    """The boxes of a traffic light showing `state`: pole, housing (0.36 m x 0.95 m on top of the pole) and three
+    lamps, red on top, amber, green at the bottom; the lit one emits light."""
     parts: list[_Part] = [(-0.07, 0.07, 0.0, pole_h, (0.15, 0.15, 0.16), None),
                           (-0.18, 0.18, pole_h, pole_h + 0.95, (0.03, 0.03, 0.03), None)]
-    for name, y in (("red", 0.82), ("amber", 0.48), ("green", 0.14)):
+    for name, y in (("red", 0.79), ("amber", 0.475), ("green", 0.16)):  # lamp centres above the housing's bottom
         on = name == state
-        parts.append((-0.11, 0.11, pole_h + y - 0.11 + 0.1, pole_h + y + 0.11, LAMP_OFF_ALBEDO[name],
+        parts.append((-0.11, 0.11, pole_h + y - 0.11, pole_h + y + 0.11, LAMP_OFF_ALBEDO[name],
                       LAMP_RADIANCE[name] if on else None))
     return parts
 
@@ -368,7 +408,7 @@ class _Drawable:
     building: tuple[float, float, int] | None = None  # (width, height, window seed) for facade windows
 
 
-_AR = np.arange(8192, dtype=np.float32)
+_ONES = np.ones(8192, dtype=np.float32)
 
 
 def _draw_box(img: np.ndarray, u0: float, u1: float, v0: float, v1: float, colour: np.ndarray) -> None:
@@ -378,17 +418,17 @@ def _draw_box(img: np.ndarray, u0: float, u1: float, v0: float, v1: float, colou
         return
     c0, c1 = max(int(u0), 0), min(int(math.ceil(u1)), w)
     r0, r1 = max(int(v0), 0), min(int(math.ceil(v1)), h)
-    cols = _AR[c0:c1]
-    rows = _AR[r0:r1]
-    ax = np.minimum(cols + 1, u1)
-    ax -= np.maximum(cols, u0)  # [c1-c0], in [0, 1] by construction of c0, c1
-    ay = np.minimum(rows + 1, v1)
-    ay -= np.maximum(rows, v0)  # [r1-r0]
+    # coverage of each column / row: 1 inside, fractional at the two ends
+    ax = _ONES[: c1 - c0].copy()  # [c]
+    ax[0] = min(c0 + 1, u1) - max(c0, u0)
+    if c1 - c0 > 1:
+        ax[-1] = min(c1, u1) - (c1 - 1)
+    ay = _ONES[: r1 - r0].copy()  # [r]
+    ay[0] = min(r0 + 1, v1) - max(r0, v0)
+    if r1 - r0 > 1:
+        ay[-1] = min(r1, v1) - (r1 - 1)
     region = img[r0:r1, c0:c1]
-    if ax.min() >= 1.0 and ay.min() >= 1.0:
-        region[...] = colour
-        return
-    alpha = (ay[:, None] * ax[None, :])[..., None]  # [r, c, 1]
+    alpha = np.multiply.outer(ay, ax)[..., None]  # [r, c, 1]
     region += alpha * (colour - region)
 
 
@@ -437,11 +477,11 @@ def _drawables(scene: Scene, t_s: float, illumination: str) -> list[_Drawable]:
     for u in scene.road_users:
         s, d = u.position(t_s)
         x, z = scene.to_camera(s, d, t_s)
-        out.append(_Drawable(z, x, _road_user_parts(u, illumination)))
+        out.append(_Drawable(z, x, road_user_parts(u, illumination)))
     tl = scene.traffic_light
     if tl is not None:
         x, z = scene.to_camera(tl.s_m, tl.d_m, t_s)
-        out.append(_Drawable(z, x, _light_parts(tl.state_at(t_s), tl.pole_height_m)))
+        out.append(_Drawable(z, x, light_parts(tl.state_at(t_s), tl.pole_height_m)))
     return out
 
 
@@ -463,7 +503,7 @@ def _draw_objects(img: np.ndarray, cam: Camera, scene: Scene, t_s: float, haze_c
             col = np.asarray(alb) * light
             if emit is not None:
                 col = col + np.asarray(emit)
-            col = col * (1 - haze) + haze_col * haze
+            col = (col * (1 - haze) + haze_col * haze).astype(np.float32)
             _draw_box(img, uc + x0 * scale, uc + x1 * scale, v_ground - y1 * scale, v_ground - y0 * scale, col)
         if o.building is not None and o.z < 70.0:
             wid, hgt, seed = o.building
@@ -494,13 +534,12 @@ def render_radiance(scene: Scene, times_s: np.ndarray, width: int, height: int,
     light = np.asarray(light_level(scene.illumination, geo.x, geo.z)) * np.ones_like(geo.z)  # [rows, W*ss]
     haze = np.clip((geo.z - HAZE_START_M) / (FAR_M - HAZE_START_M), 0.0, 1.0)  # [rows, W*ss]
     out = np.empty((len(times_s), cam.height, cam.width, 3), dtype=np.float32)  # [T, H, W, 3]
-    lit = (light * (1 - haze)).astype(np.float32)  # [rows, W*ss]
-    hazed = (haze[..., None] * haze_col).astype(np.float32)  # [rows, W*ss, 3]
+    ground = _GroundLayer(scene, geo, light, haze, haze_col)
     full = sky.astype(np.float32)  # [H*ss, W*ss, 3]
     background = None
     for k, t in enumerate(times_s):
         if background is None or scene.ego.moving:
-            full[geo.first_row:] = _ground_radiance(scene, geo, scene.ego_s(float(t)), lit, hazed)
+            full[geo.first_row:] = ground.radiance(scene.ego_s(float(t)))
             background = _downsample(full, ss)  # [H, W, 3]
         img = background.copy()
         _draw_objects(img, cam, scene, float(t), haze_col)
@@ -523,8 +562,8 @@ class RenderedClip:
     illumination: str
 
     def target_frames(self, n: int = RGB_FRAMES) -> tuple[np.ndarray, np.ndarray]:
-        """The n frames the target sees ([n, H, W, 3] uint8) and their times (µs), by `uniform_frame_indices`."""
-        idx = uniform_frame_indices(len(self.times_us), n)
+        """The n frames the target sees ([n, H, W, 3] uint8) and their times (µs), by `target_frame_indices`."""
+        idx = target_frame_indices(len(self.times_us), n)
         return self.frames[idx], self.times_us[idx]
 
 
@@ -543,6 +582,6 @@ def render_target_frames(scene: Scene, rng: np.random.Generator, width: int, hei
     """Only the n frames the target sees (uint8 [n, H, W, 3]) and their times (µs), rendered directly at the RGB
     size; same times as `RenderedClip.target_frames` at the same fps."""
     times_us = clip_times_us(scene.duration_s, fps)
-    times_us = times_us[uniform_frame_indices(len(times_us), n)]
+    times_us = times_us[target_frame_indices(len(times_us), n)]
     rad = render_radiance(scene, times_us / 1e6, width, height)
     return rgb_camera(rad, scene.illumination, rng), times_us

@@ -100,10 +100,12 @@ class Road:
         lane -1, -2, ... oncoming lanes from the centre line outwards."""
         if lane >= 0:
             if lane >= self.lanes_forward:
-                raise ValueError(f"lane {lane}: the road has {self.lanes_forward} forward lanes (0..{self.lanes_forward - 1})")
+                raise ValueError(f"lane {lane}: the road has {self.lanes_forward} forward lanes "
+                                 f"(0..{self.lanes_forward - 1})")
             return (lane + 0.5) * self.lane_width_m
         if -lane > self.lanes_oncoming:
-            raise ValueError(f"lane {lane}: the road has {self.lanes_oncoming} oncoming lanes (-1..-{self.lanes_oncoming})")
+            raise ValueError(f"lane {lane}: the road has {self.lanes_oncoming} oncoming lanes "
+                             f"(-1..-{self.lanes_oncoming})")
         return (lane + 0.5) * self.lane_width_m
 
 
@@ -324,7 +326,7 @@ def _sample_statics(rng: np.random.Generator, road: Road, environment: str) -> l
     # an intersection cuts through the roadside structure
     if road.intersection_s_m is not None:
         a, b = road.intersection_s_m - 1.0, road.intersection_s_m + road.intersection_width_m + 1.0
-        statics = [o for o in statics if not (a - 0.0 <= o.s_m <= b)]
+        statics = [o for o in statics if not a <= o.s_m <= b]
     return statics
 
 
@@ -346,7 +348,8 @@ def sample_scene(
     """Draw one random driving scene from `rng`.
 
     The keyword arguments force a condition (e.g. `illumination="night"`, `ego_moving=False`); None leaves it to
-    chance. Probabilities: day 0.5 / dusk 0.2 / night 0.3, ego moving 0.6 (0.25 when pedestrians cross), occluder 0.25.
+    chance. Probabilities: day 0.5 / dusk 0.2 / night 0.3; ego moving 0.6 (0.25 when pedestrians cross, x 0.6 at a
+    red light); a large vehicle placed close on the right as an occluder 0.25. Constant speeds and headings.
     """
     if duration_s <= 0:
         raise ValueError(f"duration_s={duration_s}: expected a positive clip length in seconds")
@@ -428,7 +431,8 @@ def sample_scene(
         d = edge + side * float(rng.uniform(0.5, max(0.6, road.sidewalk_width_m - 0.4)))
         standing = rng.random() < 0.3
         add(kind="pedestrian", colour=_choice(rng, KIND_COLOURS["pedestrian"]), s_m=float(rng.uniform(5.0, 40.0)),
-            d_m=d, heading_rad=float(rng.choice([0.0, math.pi])), speed_mps=0.0 if standing else _speed_for("pedestrian", rng))
+            d_m=d, heading_rad=float(rng.choice([0.0, math.pi])),
+            speed_mps=0.0 if standing else _speed_for("pedestrian", rng))
     # pedestrians on the zebra crossing
     if crossing_peds:
         for _ in range(int(rng.integers(1, 3))):
@@ -444,7 +448,8 @@ def sample_scene(
         lane_off = 0.25 if direction > 0 else 0.75
         add(kind=kind, colour=_choice(rng, KIND_COLOURS[kind]),
             s_m=road.intersection_s_m + lane_off * road.intersection_width_m,
-            d_m=float(rng.uniform(road.left_edge_m - 6.0, road.right_edge_m + 6.0)), heading_rad=direction * math.pi / 2,
+            d_m=float(rng.uniform(road.left_edge_m - 6.0, road.right_edge_m + 6.0)),
+            heading_rad=direction * math.pi / 2,
             speed_mps=_speed_for(kind, rng), lights_on=bool(rng.random() < lights))
 
     occluder_uid = None
@@ -457,9 +462,13 @@ def sample_scene(
         else:
             d = road.right_edge_m + 0.2
             speed = 0.0
-        occ = add(kind=kind, colour=_choice(rng, KIND_COLOURS[kind]), s_m=float(rng.uniform(7.0, 11.0)), d_m=d,
-                  heading_rad=0.0, speed_mps=speed, parked=speed == 0.0,
-                  lights_on=bool(speed > 0 and rng.random() < lights))
+        s_occ = float(rng.uniform(7.0, 11.0))
+        # make room: nothing else may stand where the occluder is
+        users[:] = [u for u in users if abs(u.d_m - d) > 2.0 or abs(u.s_m - s_occ) > 12.0]
+        occ = RoadUser(uid=1 + max((u.uid for u in users), default=-1), kind=kind,
+                       colour=_choice(rng, KIND_COLOURS[kind]), s_m=s_occ, d_m=d, heading_rad=0.0, speed_mps=speed,
+                       parked=speed == 0.0, lights_on=bool(speed > 0 and rng.random() < lights))
+        users.append(occ)
         occluder_uid = occ.uid
 
     return Scene(

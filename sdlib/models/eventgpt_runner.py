@@ -1,0 +1,217 @@
+"""EventGPT behind the :class:`~sdlib.models.interface.DecodingModel` protocol the decoding engine uses.
+
+:class:`EventGPTDecoder` turns a question and event images into the ``eventgpt_v1`` prompt, runs the event branch and
+the prompt in one prefill, and then scores blocks of tokens against a ``DynamicCache``. Hidden states are the Llama's
+last layer after the final RMSNorm, so ``lm_head(hidden) == logits`` at every returned position.
+
+Image preprocessing is injected: :func:`event_preprocessor` gives the checkpoint's ``CLIPImageProcessor`` when the CLIP
+folder has a ``preprocessor_config.json`` (resize the short side, centre crop, CLIP mean/std), otherwise a plain torch
+resize + crop + normalise (:func:`clip_style_preprocess`), which is what the scale model uses.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from transformers import DynamicCache
+
+from sdlib.models.eventgpt import (
+    EVENT_TOKEN_INDEX,
+    SYSTEM_PROMPT,
+    EventChatModel,
+    eventgpt_prompt,
+    tokenizer_event_token,
+)
+from sdlib.models.interface import ModelInputs, Prefilled, Scored, crop_cache
+
+__all__ = ["EventGPTDecoder", "ImagePreprocess", "clip_style_preprocess", "event_preprocessor", "CLIP_MEAN", "CLIP_STD"]
+
+ImagePreprocess = Callable[[Any], torch.Tensor]  # event images -> pixel values [T, 3, H, W]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _as_uint8_stack(images: Any) -> torch.Tensor:
+    """Event images (uint8 [T, H, W, 3] array, or a list of [H, W, 3] arrays / PIL images) -> float [T, 3, H, W] in
+    0..255."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images = images[None]
+    frames = [np.asarray(img) for img in images]
+    if not frames:
+        raise ValueError("event images: got none; expected at least one [H, W, 3] image")
+    for i, frame in enumerate(frames):
+        if frame.ndim != 3 or frame.shape[-1] != 3:
+            raise ValueError(f"event image {i}: shape {frame.shape}; expected [H, W, 3] RGB")
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise ValueError(f"event images: differing shapes {sorted(shapes)}; expected one size for all frames")
+    stacked = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)  # [T, 3, H, W]
+    return stacked.float()
+
+
+def clip_style_preprocess(
+    image_size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+) -> ImagePreprocess:
+    """A CLIP-style preprocessing in plain torch: resize the short side to ``image_size`` (bilinear, antialiased),
+    centre crop ``image_size``², scale to [0, 1], normalise with ``mean``/``std``. Images already at
+    ``image_size``² are only scaled and normalised."""
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(std).view(1, 3, 1, 1)
+
+    def preprocess(images: Any) -> torch.Tensor:
+        frames = _as_uint8_stack(images)  # [T, 3, H, W]
+        h, w = frames.shape[-2:]
+        if (h, w) != (image_size, image_size):
+            scale = image_size / min(h, w)
+            new_h, new_w = max(image_size, round(h * scale)), max(image_size, round(w * scale))
+            frames = F.interpolate(frames, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+            top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
+            frames = frames[..., top : top + image_size, left : left + image_size]  # [T, 3, S, S]
+        return ((frames / 255.0) - mean_t) / std_t  # [T, 3, image_size, image_size]
+
+    return preprocess
+
+
+def event_preprocessor(clip_dir: str | Path | None = None, image_size: int | None = None) -> ImagePreprocess:
+    """The preprocessing for a CLIP folder: its own image processor if it ships one, else :func:`clip_style_preprocess`
+    at ``image_size`` (or the folder's ``config.json`` image size)."""
+    if clip_dir is not None and (Path(clip_dir) / "preprocessor_config.json").is_file():
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(str(clip_dir), local_files_only=True)
+
+        def preprocess(images: Any) -> torch.Tensor:
+            if isinstance(images, np.ndarray) and images.ndim == 3:
+                images = images[None]  # one [H, W, 3] image -> [1, H, W, 3]
+            frames = [np.asarray(img) for img in images]
+            return processor(frames, return_tensors="pt")["pixel_values"]  # [T, 3, H, W]
+
+        return preprocess
+    if image_size is None:
+        if clip_dir is None:
+            raise ValueError("event_preprocessor: give clip_dir or image_size")
+        from transformers import CLIPVisionConfig
+
+        image_size = CLIPVisionConfig.from_pretrained(str(clip_dir), local_files_only=True).image_size
+    return clip_style_preprocess(int(image_size))
+
+
+class EventGPTDecoder:
+    """An :class:`EventChatModel` + tokenizer + image preprocessing, as a ``DecodingModel``.
+
+    ``prepare(question, visual)`` accepts as ``visual``: event images (uint8 ``[T, H, W, 3]`` or a list of
+    ``[H, W, 3]``), preprocessed pixel values (float ``[T, 3, H, W]``), or cached event features (float
+    ``[N, hidden]``, the output of :meth:`encode`), which are spliced in as they are.
+    """
+
+    def __init__(
+        self,
+        model: EventChatModel,
+        tokenizer: Any,
+        preprocess: ImagePreprocess,
+        *,
+        name: str = "eventgpt",
+        use_start_end: bool | None = None,
+        system: str = SYSTEM_PROMPT,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.name = name
+        self.use_start_end = bool(model.config.mm_use_im_start_end) if use_start_end is None else use_start_end
+        self.system = system
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is None:
+            eos = model.config.eos_token_id
+        self.eos_token_id: int = int(eos[0] if isinstance(eos, (list, tuple)) else eos)
+
+    # -- protocol ---------------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.model.model.embed_tokens.weight.device
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        return self.model.lm_head
+
+    @property
+    def embed_tokens(self) -> torch.nn.Module:
+        return self.model.model.embed_tokens
+
+    def prompt(self, question: str) -> str:
+        """The ``eventgpt_v1`` prompt text for ``question``."""
+        return eventgpt_prompt(question, use_start_end=self.use_start_end, system=self.system)
+
+    def prepare(self, question: str, visual: Any) -> ModelInputs:
+        """Prompt ids (one ``-200`` placeholder) plus the event input under ``extra["event_pixel_values"]``
+        ([T, 3, H, W]) or ``extra["event_features"]`` ([N, hidden])."""
+        text = self.prompt(question)
+        input_ids = tokenizer_event_token(text, self.tokenizer, return_tensors="pt")  # [1, L]
+        hidden = self.model.config.hidden_size
+        if isinstance(visual, torch.Tensor) and visual.is_floating_point() and visual.dim() == 2:
+            if visual.shape[-1] != hidden:
+                raise ValueError(f"event features: width {visual.shape[-1]}; expected hidden_size {hidden}")
+            extra = {"event_features": visual}
+        elif isinstance(visual, torch.Tensor) and visual.is_floating_point():
+            if visual.dim() != 4 or visual.shape[1] != 3:
+                raise ValueError(f"event pixel values: shape {tuple(visual.shape)}; expected [T, 3, H, W]")
+            extra = {"event_pixel_values": visual}
+        else:
+            pixels = self.preprocess(visual)
+            if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or pixels.shape[1] != 3:
+                raise ValueError(
+                    f"preprocess returned {getattr(pixels, 'shape', type(pixels))}; expected a [T, 3, H, W] tensor"
+                )
+            extra = {"event_pixel_values": pixels}
+        return ModelInputs(input_ids=input_ids, extra=extra, prompt_text=text)
+
+    @torch.no_grad()
+    def encode(self, visual: Any) -> torch.Tensor:
+        """Event features [N, hidden] for event images or pixel values, to be reused through ``prepare``."""
+        if not (isinstance(visual, torch.Tensor) and visual.is_floating_point()):
+            visual = self.preprocess(visual)
+        return self.model.encode_events(visual.to(self.device))  # [N, hidden]
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
+
+    @torch.no_grad()
+    def prefill(self, inputs: ModelInputs) -> Prefilled:
+        """Event branch + prompt in one forward; logits/hidden at the last prompt position and the filled cache."""
+        input_ids = inputs.input_ids.to(self.device)
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+            raise ValueError(f"prefill: input_ids shape {tuple(input_ids.shape)}; expected [1, prompt_len]")
+        if "event_features" in inputs.extra:
+            features = inputs.extra["event_features"]
+        elif "event_pixel_values" in inputs.extra:
+            features = self.model.encode_events(inputs.extra["event_pixel_values"].to(self.device))  # [N, hidden]
+        else:
+            raise ValueError("prefill: inputs.extra has neither event_pixel_values nor event_features")
+        if not bool((input_ids == EVENT_TOKEN_INDEX).any()):
+            raise ValueError(f"prefill: input_ids holds no <event> placeholder ({EVENT_TOKEN_INDEX})")
+        inputs_embeds, _, _ = self.model.model.embed_with_events(input_ids, features)  # [1, L - 1 + N, hidden]
+        cache = self.new_cache()
+        out = self.model.model(inputs_embeds=inputs_embeds, cache=cache, use_cache=True)
+        hidden = out.last_hidden_state[0, -1]  # [hidden], post final norm
+        logits = self.model.lm_head(hidden)  # [vocab]
+        return Prefilled(logits=logits, hidden=hidden, cache=cache, prompt_len=int(cache.get_seq_length()))
+
+    @torch.no_grad()
+    def score(self, tokens: torch.Tensor | Sequence[int], cache: Any) -> Scored:
+        """Append ``tokens`` ([k] or [1, k]) to ``cache`` in one forward; logits [k, vocab] and hidden [k, hidden]."""
+        ids = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
+        if ids.dim() == 1:
+            ids = ids.unsqueeze(0)  # [1, k]
+        if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
+            raise ValueError(f"score: tokens shape {tuple(ids.shape)}; expected [k] or [1, k] with k >= 1")
+        out = self.model.model(input_ids=ids, cache=cache, use_cache=True)
+        hidden = out.last_hidden_state[0]  # [k, hidden], post final norm
+        logits = self.model.lm_head(hidden)  # [k, vocab]
+        return Scored(logits=logits, hidden=hidden)
+
+    def crop(self, cache: Any, length: int) -> None:
+        crop_cache(cache, length)
