@@ -180,3 +180,16 @@ def test_browser_renders_page_offline(browser, served, page, title_part):
     else:
         (paths.ROOT / "_build" / "screenshots").mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(paths.ROOT / "_build" / "screenshots" / "index.png"))
+
+
+def test_data_stage_values(smoke_book):
+    src, records = smoke_book
+    m = records["00_data"]["metrics"]
+    assert m["clips"] == 40 and m["failed_clips"] == 0  # the smoke profile's 40 scenes, all built
+    assert m["train_pairs"] + m["val_pairs"] + m["test_pairs"] == 10 * m["clips"]
+    assert min(m["train_pairs"], m["val_pairs"], m["test_pairs"]) > 0
+    assert m["sim_events_per_s"] > 0  # the figure itself is a benchmark, quoted in the book, not asserted here
+    assert set(m["divergence_by_type"]) == {"elements", "summary", "layout", "vehicles", "activity"}
+    glued = runner.glued_values(src / "book" / "stages" / "00_data.ipynb")
+    assert 0.0 < glued["edit_ratio_mean"] < 1.0
+    assert 30 <= glued["rgb_tokens_min"] <= glued["rgb_tokens_max"] <= 80

@@ -43,3 +43,14 @@ def test_every_toc_stage_has_a_source_notebook_and_profiles():
 def test_published_pages_never_record_a_failure():
     for page in sorted(paths.STAGES.glob("*.ipynb")):
         assert not runner.page_failed(page), f"{page} records a failed papermill run"
+
+
+@pytest.mark.parametrize("nb_path", SOURCES, ids=lambda p: p.stem)
+def test_papermill_sees_every_parameter_line(nb_path):
+    # papermill silently drops a line it cannot parse (e.g. a comment containing '='): count the assignments
+    nb = json.loads(nb_path.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    source = "".join(cell["source"]).splitlines()
+    assigned = [line.split(":")[0].split("=")[0].strip() for line in source
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert sorted(assigned) == sorted(runner.notebook_parameters(nb_path)), nb_path.name

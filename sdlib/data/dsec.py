@@ -25,6 +25,7 @@ import numpy as np
 from sdlib.data.errors import DataError
 from sdlib.data.eventfile import EVENT_DTYPE, make_events, validate_events
 from sdlib.data.layout import ClipData, DatasetWriter
+from sdlib.world.represent import event_image, event_images
 
 __all__ = [
     "DSEC_SENSOR_HW",
@@ -397,19 +398,10 @@ def iter_clips(seq_dir: str | Path | DsecSequence, clip_s: float = 1.0, overlap:
 
 def render_event_images(events: np.ndarray, sensor_hw: tuple[int, int],
                         n_images: int = 5) -> tuple[list[np.ndarray], np.ndarray]:
-    """EventGPT-style event images: ``n_images`` equal-event-count chunks (the last takes the remainder) and one
-    image of all events; white canvas [H, W, 3] uint8, p=1 red, p=0 blue, later events overwrite earlier ones."""
+    """EventGPT-style event images of a window on the fixed sensor (see :mod:`sdlib.world.represent`):
+    ``n_images`` equal-event-count chunks and one image of all events."""
     h, w = sensor_hw
-
-    def draw(ev: np.ndarray) -> np.ndarray:
-        img = np.full((h, w, 3), 255, dtype=np.uint8)  # [H, W, 3]
-        colours = np.where(ev["p"][:, None] > 0, np.array([255, 0, 0], np.uint8), np.array([0, 0, 255], np.uint8))
-        img[ev["y"].astype(np.intp), ev["x"].astype(np.intp)] = colours
-        return img
-
-    chunk = events.shape[0] // n_images
-    bounds = [i * chunk for i in range(n_images)] + [events.shape[0]]
-    return [draw(events[bounds[i]:bounds[i + 1]]) for i in range(n_images)], draw(events)
+    return list(event_images(events, w, h, n_images)), event_image(events, w, h)
 
 
 def build_dsec_split(seq_dirs: Sequence[str | Path], out_root: str | Path, split: str, *, clip_s: float = 1.0,

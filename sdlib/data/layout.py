@@ -49,6 +49,9 @@ __all__ = [
     "read_manifest",
     "read_instructions",
     "record_paths",
+    "load_clip",
+    "load_png",
+    "LoadedClip",
     "verify_split",
     "check_disjoint",
     "content_hash",
@@ -541,6 +544,45 @@ def record_paths(split_dir: str | Path, record: Mapping[str, Any]) -> dict[str, 
         "video_data": video,
         "frames": sorted(video.glob("*.png")),
     }
+
+
+def load_png(path: str | Path) -> np.ndarray:
+    """Read an 8-bit RGB PNG as uint8 [H, W, 3]; a missing or unreadable file is a DataError naming it."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))  # [H, W, 3]
+    except (OSError, ValueError) as e:
+        raise DataError(f"image {path}: cannot be read ({e})", source=path, expected="an RGB PNG") from e
+
+
+@dataclass
+class LoadedClip:
+    events: np.ndarray  # [n] EVENT_DTYPE
+    frames: np.ndarray  # [T, H, W, 3] uint8, every stored frame in time order
+    event_images: np.ndarray  # [n_images, H, W, 3] uint8 (the 5-frame EventGPT input)
+    event_image_1f: np.ndarray  # [H, W, 3] uint8
+    sensor_hw: tuple[int, int]
+
+
+def load_clip(split_dir: str | Path, record: Mapping[str, Any]) -> LoadedClip:
+    """Everything stored for the clip of an instruction record, read back from disk."""
+    from sdlib.data.eventfile import read_events_npz
+
+    p = record_paths(split_dir, record)
+    window = read_events_npz(p["event_data"])
+    if not p["frames"]:
+        raise DataError(f"clip {record.get('clip_id')}: no frames in {p['video_data']}", source=p["video_data"],
+                        expected="frame PNGs")
+    return LoadedClip(
+        events=window.events,
+        frames=np.stack([load_png(f) for f in p["frames"]]),
+        event_images=np.stack([load_png(f) for f in p["event_image"]]),
+        event_image_1f=load_png(p["event_image_1f"][0]),
+        sensor_hw=tuple(window.sensor_hw),
+    )
 
 
 def verify_split(split_dir: str | Path) -> list[str]:

@@ -1,0 +1,253 @@
+"""Build the stage-00 data sets: the simulated world's train/val/test splits, or DSEC clips (``real`` profile).
+
+Both go through :class:`sdlib.data.layout.DatasetWriter`, so both are resumable clip by clip: a rerun skips
+finished clips, a killed run leaves no half-written clip, and a clip with bad input is recorded in the manifest
+and skipped.  A complete world data set whose build specification has not changed is reported as
+"already built" without touching a file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from sdlib.data.errors import DataError
+from sdlib.data.layout import (DEFAULT_SPLIT_FRACTIONS, MANIFEST_JSON, ClipData, DatasetWriter, assign_split,
+                               check_disjoint, read_manifest)
+
+SPLITS = ("train", "val", "test")
+SPEC_JSON = "build.json"
+SPEC_FORMAT = "sdlib.data.world/1"
+SPLIT_SALT = "sdlib.world.split.v1"
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """What a simulated-world data set is made of; stored as ``build.json`` beside its splits."""
+
+    name: str  # folder under data/world/
+    n_scenes: int  # one 1 s clip per scene seed 0..n_scenes-1
+    seed: int = 0  # world seed; scene s is generated from numpy.random.default_rng([seed, s])
+    fractions: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_SPLIT_FRACTIONS))
+    sensor_size: tuple[int, int] = (128, 96)  # event sensor (width, height), 4:3
+    rgb_size: tuple[int, int] = (128, 96)  # target frames (width, height)
+    fps: float = 200.0  # internal render rate driving the event simulator
+
+    def world_config(self):
+        from sdlib.world import WorldConfig
+
+        return WorldConfig(sensor_size=tuple(self.sensor_size), rgb_size=tuple(self.rgb_size), fps=self.fps)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["fractions"] = dict(self.fractions)
+        d["sensor_size"], d["rgb_size"] = list(self.sensor_size), list(self.rgb_size)
+        d["format"] = SPEC_FORMAT
+        return d
+
+
+@dataclass
+class BuildReport:
+    root: Path
+    already_built: bool
+    manifests: dict[str, dict[str, Any]]
+    seconds: float
+    clips_built: int  # clips generated in this call (0 when everything was already there)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """clips and question-answer pairs per split, and failed clips."""
+        out = {"clips": 0, "failed": 0}
+        for split, m in self.manifests.items():
+            out["clips"] += m["counts"]["clips"]
+            out["failed"] += m["counts"]["failed"]
+            out[f"{split}_pairs"] = m["counts"]["records"]
+            out[f"{split}_clips"] = m["counts"]["clips"]
+        return out
+
+
+def scene_split(scene_seed: int, spec: WorldSpec) -> str:
+    """The split of a scene: a hash of (world seed, scene seed), so splits are disjoint by scene by construction."""
+    return assign_split(f"{spec.seed}:{scene_seed}", spec.fractions, salt=SPLIT_SALT)
+
+
+def clip_id(scene_seed: int) -> str:
+    return f"scene_{scene_seed:06d}/000000"
+
+
+def _check_spec(root: Path, spec: WorldSpec) -> None:
+    path = root / SPEC_JSON
+    want = spec.to_json()
+    if path.is_file():
+        have = json.loads(path.read_text())
+        if have != want:
+            changed = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+            raise DataError(
+                f"{path}: data set '{spec.name}' was built with a different specification (differs in {changed}); "
+                f"delete {root} or build under another name",
+                source=path, expected="the same build specification",
+            )
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(want, indent=1, sort_keys=True))
+        tmp.replace(path)
+
+
+def _complete(root: Path, expected: dict[str, list[str]]) -> dict[str, dict[str, Any]] | None:
+    """The manifests if every split is finalized with exactly the expected clips finished, else None."""
+    manifests = {}
+    for split in SPLITS:
+        if not (root / split / MANIFEST_JSON).is_file():
+            return None
+        m = read_manifest(root / split)
+        if sorted(m.get("finished", [])) != sorted(expected[split]) or m["counts"]["failed"]:
+            return None
+        manifests[split] = m
+    return manifests
+
+
+def world_clip_data(scene_seed: int, spec: WorldSpec, scenes_dir: Path | None = None) -> ClipData:
+    """Generate one world clip and everything the data set stores for it.
+
+    With ``scenes_dir``, the scene's ground truth (every object, light and illumination) is written there as
+    ``scene_<seed>.json`` (:func:`sdlib.world.scene_to_dict`).
+    """
+    from sdlib.world import QUESTIONS, QUESTION_TYPES, event_image, event_images, make_clip, scene_to_dict
+
+    world = spec.world_config()
+    clip = make_clip(np.random.default_rng([spec.seed, scene_seed]), world)
+    if scenes_dir is not None:
+        scenes_dir.mkdir(parents=True, exist_ok=True)
+        out = scenes_dir / f"scene_{scene_seed:06d}.json"
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(scene_to_dict(clip.scene), sort_keys=True))
+        tmp.replace(out)
+    w, h = world.sensor_size
+    conversations = [
+        [{"from": "human", "value": q}, {"from": "gpt", "value": ans["rgb"]}]
+        for q, ans in zip(QUESTIONS, clip.answers)
+    ]
+    scene = clip.scene
+    meta = {
+        "scene_seed": scene_seed,
+        "illumination": scene.illumination,
+        "question_types": list(QUESTION_TYPES),
+        # what is knowable from events (the drafter's training target); the gpt turns hold the RGB (target) view
+        "answers_events": [ans["events"] for ans in clip.answers],
+        "rgb_times_us": [int(t) for t in clip.rgb_times_us],
+    }
+    return ClipData(
+        events=clip.events,
+        frames=clip.rgb_frames,
+        event_images_5f=event_images(clip.events, w, h, 5),
+        event_image_1f=event_image(clip.events, w, h),
+        conversations=conversations,
+        time_start=0,
+        time_end=int(round(scene.duration_s * 1e6)) + 1,  # frames (and events) span [0, duration] inclusive
+        group=f"scene_{scene_seed:06d}",
+        meta=meta,
+    )
+
+
+def build_world(spec: WorldSpec, root: Path | None = None, progress: bool = True, log=print) -> BuildReport:
+    """Build (or finish, or confirm) the world data set ``data/world/<spec.name>``."""
+    from sdlib import paths
+    from sdlib.core import progress as bar
+
+    t0 = time.perf_counter()
+    root = Path(root or paths.data_dir() / "world" / spec.name)
+    if spec.n_scenes < 1:
+        raise ValueError(f"n_scenes={spec.n_scenes}: expected at least 1")
+    _check_spec(root, spec)
+    expected: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for s in range(spec.n_scenes):
+        expected[scene_split(s, spec)].append(clip_id(s))
+    done = _complete(root, expected)
+    if done is not None:
+        log(f"already built: {root} ({sum(m['counts']['clips'] for m in done.values())} clips)")
+        return BuildReport(root, True, done, time.perf_counter() - t0, 0)
+
+    w, h = spec.sensor_size
+    writers = {s: DatasetWriter(root, s, sensor_hw=(h, w)) for s in SPLITS}
+    built = 0
+    for s in bar(range(spec.n_scenes), desc=f"world {spec.name}", unit="clip", **({} if progress else {"disable": True})):
+        writer = writers[scene_split(s, spec)]
+        if writer.is_done(clip_id(s)):
+            continue
+        writer.add_clip(clip_id(s), lambda s=s: world_clip_data(s, spec, root / "scenes"))
+        built += 1
+    manifests = {s: writers[s].finalize() for s in SPLITS}
+    check_disjoint([root / s for s in SPLITS])
+    report = BuildReport(root, False, manifests, time.perf_counter() - t0, built)
+    log(f"built {built} clips into {root} in {report.seconds:.1f} s; counts {report.counts}")
+    return report
+
+
+# ---- DSEC (real profile) -----------------------------------------------------------------------------------------
+DSEC_PREFIXES = ("zurich_city_", "interlaken_", "thun_")
+
+
+def dsec_sequences(dsec_root: Path, split_folder: str) -> list[Path]:
+    """Sequence folders of ``<dsec_root>/<split_folder>`` whose names the original research used."""
+    folder = Path(dsec_root) / split_folder
+    if not folder.is_dir():
+        raise DataError(f"DSEC root {dsec_root}: no '{split_folder}' folder; expected {folder} with sequence folders",
+                        source=folder, expected="DSEC layout <root>/{train,test}/<sequence>")
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(DSEC_PREFIXES))
+
+
+def build_dsec(dsec_root: str | Path, name: str, questions: Sequence[str], val_fraction: float = 0.1,
+               max_clips_per_sequence: int | None = None, root: Path | None = None,
+               param_hint: str = "dsec_root") -> dict[str, dict[str, Any]]:
+    """DSEC clips (1 s, 50% overlap) in the same layout: DSEC train sequences split into train/val by sequence,
+    DSEC test sequences as test. A missing root fails at once with the parameter that supplied it."""
+    from sdlib import paths
+    from sdlib.data.dsec import build_dsec_split
+
+    dsec_root = Path(dsec_root)
+    if not dsec_root.is_dir():
+        raise DataError(f"{param_hint}: DSEC root {dsec_root} does not exist (download DSEC and point the `real` "
+                        f"profile at it)", source=dsec_root, expected="a DSEC folder with train/ and test/")
+    root = Path(root or paths.data_dir() / "dsec" / name)
+    train_seqs = dsec_sequences(dsec_root, "train")
+    fractions = {"train": 1.0 - val_fraction, "val": val_fraction}
+    by_split = {
+        "train": [p for p in train_seqs if assign_split(p.name, fractions, salt=SPLIT_SALT) == "train"],
+        "val": [p for p in train_seqs if assign_split(p.name, fractions, salt=SPLIT_SALT) == "val"],
+        "test": dsec_sequences(dsec_root, "test"),
+    }
+    manifests = {
+        split: build_dsec_split(seqs, root, split, questions=questions, max_clips_per_sequence=max_clips_per_sequence,
+                                progress=True)
+        for split, seqs in by_split.items()
+    }
+    check_disjoint([root / s for s in by_split])
+    return manifests
+
+
+def answer_table(root: str | Path, splits: Sequence[str] = SPLITS):
+    """One row per question-answer pair of a world data set: split, clip, question type, illumination, the
+    lengths of the RGB (target) and event (drafter) answers, and how far apart the two are (token edit ratio)."""
+    import pandas as pd
+
+    from sdlib.data.layout import read_instructions
+    from sdlib.world import QUESTIONS, QUESTION_TYPES, edit_ratio, tokenize
+
+    rows = []
+    for split in splits:
+        for rec in read_instructions(Path(root) / split):
+            question, rgb = rec["conversations"][0]["value"], rec["conversations"][1]["value"]
+            q = QUESTIONS.index(question)
+            events = rec["meta"]["answers_events"][q]
+            rows.append({
+                "split": split, "clip_id": rec["clip_id"], "question": q, "question_type": QUESTION_TYPES[q],
+                "illumination": rec["meta"]["illumination"], "rgb_tokens": len(tokenize(rgb)),
+                "events_tokens": len(tokenize(events)), "edit_ratio": edit_ratio(rgb, events),
+            })
+    return pd.DataFrame(rows)
