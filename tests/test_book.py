@@ -158,7 +158,9 @@ def test_browser_renders_page_offline(browser, served, page, title_part):
     browser.get(f"{served}/{page}")
     assert title_part in browser.title
     assert "speculative decoding" in browser.title.lower() or "Theory" in browser.title
-    assert _wait_for_mathjax(browser) == "ok"
+    has_math = browser.execute_script("return document.querySelectorAll('.math').length;") > 0
+    if has_math or "theory" in page:  # Sphinx loads MathJax only on pages that contain math
+        assert _wait_for_mathjax(browser) == "ok"
     images = _images(browser)
     broken = [src for src, complete, width in images if not complete or width == 0]
     assert not broken, f"images that did not load: {broken}"
