@@ -187,7 +187,7 @@ def test_browser_renders_page_offline(browser, served, page, title_part):
 def test_data_stage_values(smoke_book):
     src, records = smoke_book
     m = records["00_data"]["metrics"]
-    assert m["clips"] == 40 and m["failed_clips"] == 0  # the smoke profile's 40 scenes, all built
+    assert m["clips"] == 60 and m["failed_clips"] == 0  # the smoke profile's 60 scenes, all built
     assert m["train_pairs"] + m["val_pairs"] + m["test_pairs"] == 10 * m["clips"]
     assert min(m["train_pairs"], m["val_pairs"], m["test_pairs"]) > 0
     assert m["sim_events_per_s"] > 0  # the figure itself is a benchmark, quoted in the book, not asserted here
@@ -195,3 +195,47 @@ def test_data_stage_values(smoke_book):
     glued = runner.glued_values(src / "book" / "stages" / "00_data.ipynb")
     assert 0.0 < glued["edit_ratio_mean"] < 1.0
     assert 30 <= glued["rgb_tokens_min"] <= glued["rgb_tokens_max"] <= 80
+
+
+def test_models_stage_values(smoke_book):
+    src, records = smoke_book
+    m = records["01_models"]["metrics"]
+    assert set(m["ratios"]) == {"P_v_over_d_v", "P_e_over_P_v", "d_e_over_d_v", "visual_token_ratio"}
+    assert m["ratios"]["visual_token_ratio"] == pytest.approx(520 / 146)
+    assert all(v > 0 for v in m["ratios"].values())
+    assert 0.0 <= m["drafter_target_agreement"] <= 1.0
+    for who in ("drafter", "target"):
+        q = m["answer_quality"][who]
+        assert 0.0 <= q["fact_recall"] <= 1.0 and set(q["per_question_type"]) <= {
+            "elements", "summary", "layout", "vehicles", "activity"}
+    assert m["n_test_prompts"] == 20
+
+
+def test_target_greedy_through_interface_equals_generate_on_50_test_prompts(smoke_book):
+    import torch
+
+    from sdlib.data.layout import load_clip, read_instructions
+    from sdlib.decoding.ar import greedy_decode
+    from sdlib.models import scale
+
+    src, records = smoke_book
+    drafter, target = scale.load_pair(records["01_models"]["metrics"]["pair_dir"])
+    test_dir = Path(records["00_data"]["metrics"]["dataset_root"]) / "test"
+    recs = read_instructions(test_dir)
+    assert len(recs) >= 50
+    clips = {}
+    for rec in recs:
+        clip = clips.setdefault(rec["clip_id"], load_clip(test_dir, rec))
+        inputs = target.prepare(rec["conversations"][0]["value"], clip.frames)
+        ours = greedy_decode(target, inputs, 24).tokens
+        with torch.no_grad():
+            ref = target.model.generate(input_ids=inputs.input_ids, pixel_values_videos=inputs.extra["pixel_values_videos"],
+                                        do_sample=False, max_new_tokens=24, eos_token_id=target.eos_token_id)
+        assert ours == ref[0, inputs.input_ids.shape[1]:].tolist(), rec["id"]
+
+
+def test_real_profile_fails_fast_without_weights(smoke_book, tmp_path, monkeypatch):
+    monkeypatch.setenv("SDLIB_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(runner.StageFailed, match="eventgpt_path: .*EventGPT-7b does not exist.*profile 'real'"):
+        runner.run_stage("01_models", "real", output_dir=tmp_path / "stages", progress_bar=False)
+    assert not (tmp_path / "stages" / "01_models.ipynb").exists()

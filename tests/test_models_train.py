@@ -1,0 +1,165 @@
+"""Scale-model training: prefix sharing is exact, a killed run resumes to the same weights, checkpoints are
+safetensors, and a finished pair is reused from the cache."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sdlib.data import build
+from sdlib.models import scale
+from sdlib.models.eventgpt import EVENT_TOKEN_INDEX
+from sdlib.models.tokenizer import train_tokenizer
+from sdlib.models.train import (IGNORE, DrafterLM, TargetLM, TrainConfig, clip_loss, load_optimizer, make_example,
+                                save_optimizer, train_model)
+from sdlib.world import QUESTIONS
+
+TINY = scale.ScaleSizes(target_image=32, target_patch=8, target_vision_hidden=32, target_hidden=64, target_layers=2,
+                        target_heads=2, target_intermediate=128, event_image=32, event_patch=8, drafter_vision_hidden=32,
+                        drafter_hidden=64, drafter_layers=2, drafter_heads=2, drafter_intermediate=128)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("w") / "w"
+    build.build_world(build.WorldSpec(name="w", n_scenes=14, seed=1), root=root, progress=False, log=lambda *_: None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pair(world):
+    tok = train_tokenizer(scale.world_corpus(world / "train"))
+    return tok, *scale.make_decoders(tok, TINY)
+
+
+def _full_loss(model_fn, ex, n_visual_extra=0):
+    total, count = 0.0, 0
+    for cont, lab in zip(ex.conts, ex.labels):
+        ids = torch.cat([ex.prefix_ids, cont])[None]
+        labels = torch.cat([torch.full((n_visual_extra,), IGNORE), torch.full_like(ex.prefix_ids, IGNORE), lab])
+        logits = model_fn(ids)[0, :-1]
+        target = labels[1:]
+        total += F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="sum").item()
+        count += int((target != IGNORE).sum())
+    return total / count, count
+
+
+def test_shared_prefix_loss_equals_full_sequences(world, pair):
+    tok, drafter, target = pair
+    ex_t = scale.clip_examples("target", target, world / "train", TINY, max_clips=1)[0]
+    ex_d = scale.clip_examples("drafter", drafter, world / "train", TINY, max_clips=1)[0]
+    assert len(ex_t.conts) == 10 and ex_t.questions == list(range(10))
+    with torch.no_grad():
+        shared, n = clip_loss(TargetLM(target.model), ex_t, pad_id=tok.pad_token_id)
+        full, m = _full_loss(lambda ids: target.model(input_ids=ids, pixel_values_videos=ex_t.visual[None]).logits, ex_t)
+        assert n == m and float(shared) == pytest.approx(full, rel=1e-5)
+        shared, n = clip_loss(DrafterLM(drafter.model), ex_d, pad_id=tok.pad_token_id)
+        n_ev = TINY.drafter_visual_tokens - 1  # the placeholder expands into this many extra positions
+        full, m = _full_loss(lambda ids: drafter.model(input_ids=ids, event_pixel_values=ex_d.visual).logits, ex_d, n_ev)
+        assert n == m and float(shared) == pytest.approx(full, rel=1e-5)
+
+
+def test_training_sequences_match_inference_prompts(world, pair):
+    tok, drafter, target = pair
+    ex = scale.clip_examples("target", target, world / "train", TINY, max_clips=1)[0]
+    q = QUESTIONS[ex.questions[3]]
+    from sdlib.data.layout import load_clip, read_instructions
+    rec = read_instructions(world / "train")[0]
+    prompt = target.prepare(q, load_clip(world / "train", rec).frames).input_ids[0]
+    answer_start = int((ex.labels[3] != IGNORE).nonzero()[0])
+    assert torch.equal(torch.cat([ex.prefix_ids, ex.conts[3][:answer_start]]), prompt)
+    assert int(ex.conts[3][-1]) == tok.eos_token_id
+
+
+def test_optimizer_state_roundtrip_is_safetensors(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    save_optimizer(opt, tmp_path / "optim")
+    assert (tmp_path / "optim.safetensors").is_file() and json.loads((tmp_path / "optim.json").read_text())
+    fresh = torch.optim.AdamW(model.parameters(), lr=0.5)
+    load_optimizer(fresh, tmp_path / "optim")
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for k in a["state"]:
+        for name, v in a["state"][k].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["state"][k][name]))
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_killed_training_resumes_to_identical_weights(world, pair, tmp_path):
+    tok, drafter, target = pair
+    train = scale.clip_examples("drafter", drafter, world / "train", TINY, max_clips=3)
+    val = scale.clip_examples("drafter", drafter, world / "val", TINY, max_clips=1)
+    cfg = TrainConfig(epochs=2, eval_every=2, val_clips=1, warmup_steps=1, patience=99)
+
+    def fresh():
+        return scale.build_drafter(tok, TINY, seed=5)
+
+    ref_model = fresh()
+    ref = train_model(ref_model, DrafterLM(ref_model), train, val, cfg, tmp_path / "ref", tok.pad_token_id,
+                      log=lambda *_: None)
+    assert ref.steps == 6 and len(ref.history) == 3
+
+    class CrashAt:  # a progress bar that dies after the 5th step (the step-4 checkpoint exists)
+        def __init__(self, total, initial, **_):
+            self.n = initial
+
+        def update(self, k):
+            self.n += k
+            if self.n == 5:
+                raise _Crash()
+
+        def set_postfix(self, **_):
+            pass
+
+        def close(self):
+            pass
+
+    model = fresh()
+    with pytest.raises(_Crash):
+        train_model(model, DrafterLM(model), train, val, cfg, tmp_path / "run", tok.pad_token_id, progress=CrashAt,
+                    log=lambda *_: None)
+    model = fresh()  # a new process would start from scratch weights, then load the checkpoint
+    res = train_model(model, DrafterLM(model), train, val, cfg, tmp_path / "run", tok.pad_token_id,
+                      log=lambda *_: None)
+    assert res.resumed_from == 4 and res.steps == 6
+    assert [h["val_loss"] for h in res.history] == pytest.approx([h["val_loss"] for h in ref.history], rel=1e-6)
+    for (name, a), b in zip(ref_model.state_dict().items(), model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert not list((tmp_path / "run").rglob("*.pt")) and not list((tmp_path / "run").rglob("*.bin"))
+
+
+def test_validation_only_selection_and_early_stop(world, pair, tmp_path):
+    tok, drafter, _ = pair
+    train = scale.clip_examples("drafter", drafter, world / "train", TINY, max_clips=2)
+    val = scale.clip_examples("drafter", drafter, world / "val", TINY, max_clips=1)
+    model = scale.build_drafter(tok, TINY, seed=1)
+    cfg = TrainConfig(epochs=20, eval_every=1, val_clips=1, lr=5e-2, warmup_steps=1, patience=2)  # lr far too high
+    res = train_model(model, DrafterLM(model), train, val, cfg, tmp_path / "es", tok.pad_token_id, log=lambda *_: None)
+    losses = [h["val_loss"] for h in res.history]
+    assert res.best_val_loss == pytest.approx(min(losses))
+    if res.stopped_early:
+        assert res.steps < 40 and losses[-1] >= min(losses) and losses[-2] >= min(losses)
+
+
+def test_trained_pair_is_cached(world, tmp_path):
+    cfg = TrainConfig(epochs=1, eval_every=1, val_clips=1, warmup_steps=1)
+    kw = dict(max_train_clips=1, max_val_clips=1, parallel=False, progress=False, log=lambda *_: None)
+    first = scale.train_pair(world, TINY, cfg, tmp_path, **kw)
+    assert not first["cached"] and (Path(first["dir"]) / "DONE").is_file()
+    messages = []
+    again = scale.train_pair(world, TINY, cfg, tmp_path, **{**kw, "log": messages.append})
+    assert again["cached"] and again["key"] == first["key"] and "reusing" in messages[0]
+    other = scale.train_pair(world, TINY, TrainConfig(epochs=1, eval_every=1, val_clips=1, warmup_steps=1, seed=1),
+                             tmp_path, **kw)
+    assert other["key"] != first["key"]
+    drafter, target = scale.load_pair(first["dir"])
+    assert drafter.model.config.hidden_size == TINY.drafter_hidden
+    assert not list(Path(first["dir"]).rglob("*.bin"))
