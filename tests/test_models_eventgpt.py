@@ -38,6 +38,7 @@ from sdlib.models.eventgpt import (
 )
 from sdlib.models.eventgpt_runner import EventGPTDecoder, clip_style_preprocess
 from sdlib.models.interface import DecodingModel, cache_length
+from sdlib.world import QUESTIONS  # the 10 DSEC questions
 
 LLAMA_KW = dict(
     vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -48,18 +49,6 @@ CLIP_KW = dict(
 )
 S_TOKENS = (32 // 8) ** 2 + 1  # CLIP tokens per frame: 16 patches + CLS
 CLIP_PREFIX = "model.visual_tower.visual_tower."
-QUESTIONS = [
-    "What are the key elements in this scene?",
-    "Can you elaborate on the elements of the scene provided?",
-    "What is this scene about?",
-    "What is the layout of the road in the scene?",
-    "What type of vehicles are present in the scene and how are they positioned?",
-    "What do you think is going on in this scene?",
-    "What elements are present in the scene?",
-    "What do you see happening in this scene?",
-    "Describe the following scene.",
-    "What types of vehicles are present in the scene and how are they positioned?",
-]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -89,17 +89,14 @@ def _cache_of(out):
     return cache if cache is not None else out.past_key_values
 
 
-class TargetLM:
-    """Prefix / continuation forwards of a ``VideoLlavaForConditionalGeneration``."""
+class _PrefixLM:
+    """Prefix / continuation forwards of a model whose ``.model`` is the decoder stack and ``.lm_head`` the head."""
 
     def __init__(self, model):
         self.model = model
 
-    def prefix(self, ex: Example):
-        out = self.model.model(input_ids=ex.prefix_ids[None], pixel_values_videos=ex.visual[None], use_cache=True)
-        return _cache_of(out), int(ex.prefix_ids.shape[0])
-
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor, cache) -> torch.Tensor:
+        """Last-layer hidden states [B, L, hidden] of continuations ``ids`` [B, L] on the repeated prefix cache."""
         return self.model.model(input_ids=ids, attention_mask=attention_mask, cache=cache,
                                 use_cache=True).last_hidden_state
 
@@ -108,11 +105,16 @@ class TargetLM:
         return self.model.lm_head
 
 
-class DrafterLM:
-    """Prefix / continuation forwards of an ``EventChatModel``."""
+class TargetLM(_PrefixLM):
+    """``VideoLlavaForConditionalGeneration``: the prefix holds the expanded ``<video>`` tokens."""
 
-    def __init__(self, model):
-        self.model = model
+    def prefix(self, ex: Example):
+        out = self.model.model(input_ids=ex.prefix_ids[None], pixel_values_videos=ex.visual[None], use_cache=True)
+        return _cache_of(out), int(ex.prefix_ids.shape[0])
+
+
+class DrafterLM(_PrefixLM):
+    """``EventChatModel``: the prefix's ``<event>`` placeholder is replaced by the pooled event features."""
 
     def prefix(self, ex: Example):
         from transformers import DynamicCache
@@ -122,14 +124,6 @@ class DrafterLM:
         cache = DynamicCache(config=self.model.config)
         self.model.model(inputs_embeds=embeds, cache=cache, use_cache=True)
         return cache, int(embeds.shape[1])
-
-    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor, cache) -> torch.Tensor:
-        return self.model.model(input_ids=ids, attention_mask=attention_mask, cache=cache,
-                                use_cache=True).last_hidden_state
-
-    @property
-    def lm_head(self):
-        return self.model.lm_head
 
 
 def clip_loss(lm, ex: Example, rows: Sequence[int] | None = None, pad_id: int = 0) -> tuple[torch.Tensor, int]:
