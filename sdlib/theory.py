@@ -352,7 +352,7 @@ def simulate_e2e(
         draws &= cols < g[:, None]
         acc = np.cumprod(draws, axis=1).sum(axis=1)
         plain = (g == 0) & (rtt_ms == 0.0)
-        cost = np.where(plain, costs.d_v, g * costs.d_e + costs.d_v + costs.verify_slope * g + rtt_ms)
+        cost = np.where(plain, costs.d_v, g * costs.d_e + costs.verify_ms(g) + rtt_ms)
         time_ms += np.where(active, cost, 0.0)
         produced += np.where(active, acc + 1, 0)
         active = produced < n_tokens

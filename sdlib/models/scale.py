@@ -113,7 +113,9 @@ def build_drafter(tokenizer, sizes: ScaleSizes, seed: int = 0):
 
 # ---- cost measurement -------------------------------------------------------------------------------------------
 @dataclass
-class Costs:
+class MeasuredCosts:
+    """Timings of the pair measured on this machine (the theory stage's ``sdlib.theory.Costs`` are model inputs)."""
+
     P_v: float  # ms, target prefill incl. vision (median)
     d_v: float  # ms per token, target decode (median over steps and repetitions)
     P_e: float  # ms, drafter vision + prefill
@@ -131,6 +133,12 @@ class Costs:
             "d_e_over_d_v": self.d_e / self.d_v,
             "visual_token_ratio": self.visual_tokens_target / self.visual_tokens_drafter,
         }
+
+    def to_theory(self, verify_slope: float = 0.0):
+        """These timings as the speedup models' :class:`sdlib.theory.Costs`."""
+        from sdlib.theory import Costs
+
+        return Costs(P_v=self.P_v, d_v=self.d_v, P_e=self.P_e, d_e=self.d_e, verify_slope=verify_slope)
 
     def within_tolerance(self, tolerance: float = TOLERANCE) -> dict[str, bool]:
         return {k: abs(v / REFERENCE_RATIOS[k] - 1.0) <= tolerance for k, v in self.ratios.items()}
@@ -152,7 +160,7 @@ def _time_model(model, inputs, n_decode: int) -> tuple[float, list[float]]:
 
 
 def measure_costs(drafter, target, samples: Sequence[tuple[Any, Any]], repeats: int = 5, n_decode: int = 16,
-                  threads: int = 1, warmup: int = 2) -> Costs:
+                  threads: int = 1, warmup: int = 2) -> MeasuredCosts:
     """Median prefill and per-token decode times of both models on the same samples, in this process.
 
     ``samples`` are ``(drafter_inputs, target_inputs)`` pairs of prepared :class:`ModelInputs`. Each repetition
@@ -171,7 +179,7 @@ def measure_costs(drafter, target, samples: Sequence[tuple[Any, Any]], repeats: 
     finally:
         torch.set_num_threads(old)
     d_in, t_in = samples[0]
-    return Costs(
+    return MeasuredCosts(
         P_v=statistics.median(pv), d_v=statistics.median(dv), P_e=statistics.median(pe), d_e=statistics.median(de),
         visual_tokens_target=int((t_in.input_ids == target.video_token_id).sum()),  # <video> tokens in the text
         visual_tokens_drafter=drafter.prefill(d_in).prompt_len - int(d_in.input_ids.shape[1]) + 1,  # spliced
