@@ -54,8 +54,11 @@ lab: venv
 	$(VENV)/bin/jupyter lab --notebook-dir=.
 
 # ---- tests --------------------------------------------------------------------------------------------------
+# -v and unbuffered output: a CI log that is cut short still shows the last test that ran; SIGINT after 75 min
+# makes pytest print where it was and its summary, well inside CI's 90 minutes.
 test: venv mathjax browser
-	$(PY) -m pytest -q -ra tests --nbval-lax --nbval-current-env notebooks
+	PYTHONUNBUFFERED=1 timeout --signal=INT --kill-after=120 4500 $(PY) -m pytest -v -ra --durations=15 tests \
+	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 notebooks
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"

@@ -10,6 +10,10 @@ below are the ones every stage notebook uses:
 """
 from __future__ import annotations
 
+from sdlib.threads import size_thread_pools
+
+size_thread_pools()  # before numpy or torch start their pools (see sdlib.threads)
+
 from sdlib.core import glue, headless, progress, save_metrics, setup
 from sdlib import paths
 

@@ -97,9 +97,11 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 @pytest.fixture(scope="module")
 def served(smoke_book):
     html = smoke_book[0] / "_build" / "html"
-    handler = partial(SimpleHTTPRequestHandler, directory=str(html))
-    handler.log_message = lambda *a, **k: None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test log to test results
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(html)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
@@ -151,11 +153,27 @@ def _images(driver):
     )
 
 
-@pytest.mark.parametrize("page,title_part", [("index.html", "Cross-modal speculative decoding"),
+def _load(driver, url):
+    """Open url and wait until the document (after any redirect) has finished loading."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+        "return document.readyState === 'complete' && document.body !== null;"))
+
+
+def test_browser_index_redirects_to_the_introduction(browser, served):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{served}/index.html")  # Jupyter Book writes index.html as a meta-refresh to the root page
+    WebDriverWait(browser, 60).until(lambda d: d.current_url.endswith("/book/intro.html"))
+
+
+@pytest.mark.parametrize("page,title_part", [("book/intro.html", "Cross-modal speculative decoding"),
                                              ("book/stages/07_theory.html", "Theory")])
 def test_browser_renders_page_offline(browser, served, page, title_part):
     browser.get_log("performance")  # drop earlier entries
-    browser.get(f"{served}/{page}")
+    _load(browser, f"{served}/{page}")
     assert title_part in browser.title
     assert "speculative decoding" in browser.title.lower() or "Theory" in browser.title
     has_math = browser.execute_script("return document.querySelectorAll('.math').length;") > 0
@@ -181,7 +199,7 @@ def test_browser_renders_page_offline(browser, served, page, title_part):
         browser.save_screenshot(str(shots / "theory.png"))
     else:
         (paths.ROOT / "_build" / "screenshots").mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(paths.ROOT / "_build" / "screenshots" / "index.png"))
+        browser.save_screenshot(str(paths.ROOT / "_build" / "screenshots" / "intro.png"))
 
 
 def test_data_stage_values(smoke_book):
