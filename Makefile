@@ -54,10 +54,10 @@ lab: venv
 	$(VENV)/bin/jupyter lab --notebook-dir=.
 
 # ---- tests --------------------------------------------------------------------------------------------------
-# -v and unbuffered output: a CI log that is cut short still shows the last test that ran; SIGINT after 75 min
+# -v and unbuffered output: a CI log that is cut short still shows the last test that ran; SIGINT after 60 min
 # makes pytest print where it was and its summary, well inside CI's 90 minutes.
 test: venv mathjax browser
-	PYTHONUNBUFFERED=1 timeout --signal=INT --kill-after=120 4500 $(PY) -m pytest -v -ra --durations=15 tests \
+	PYTHONUNBUFFERED=1 timeout --signal=INT --kill-after=120 3600 $(PY) -m pytest -v -ra --durations=15 tests \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 notebooks
 
 test-fast: venv
