@@ -167,7 +167,7 @@ def resolve_parameters(
         if name not in declared:
             raise UsageError(f"unknown parameter '{name}' for stage {stage}; valid parameters: {valid}")
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.safe_load(raw) if raw.strip() else raw  # `-p name ""` is the empty string, not null
         except yaml.YAMLError:
             value = raw
         inject[name] = coerce(declared[name], value, f"-p {name}")

@@ -42,7 +42,8 @@ def test_unknown_parameter_is_refused_with_valid_names(tmp_path):
 
 @pytest.mark.parametrize(
     "name,raw,expected",
-    [("x", "3", 3), ("rate", "2", 2.0), ("rate", "0.25", 0.25), ("name", "123", "123"), ("flag", "true", True)],
+    [("x", "3", 3), ("rate", "2", 2.0), ("rate", "0.25", 0.25), ("name", "123", "123"), ("flag", "true", True),
+     ("name", "", "")],
 )
 def test_overrides_are_typed(tmp_path, name, raw, expected):
     nbs = _toy_notebook(tmp_path / "nbs")

@@ -59,10 +59,12 @@ def test_prompts(split_dir, max_clips: int | None = None) -> list[dict[str, Any]
 
 @torch.no_grad()
 def evaluate_pair(drafter, target, split_dir, sizes, max_clips: int | None = None, max_new_tokens: int = 96,
-                  progress=None):
+                  progress=None, pairing=None):
     """Greedy answers of both models on a split, scored against their own view's reference, plus agreement.
 
-    Returns a DataFrame with one row per prompt.
+    Returns a DataFrame with one row per prompt. Where a split has no reference answers (DSEC), the fact scores are
+    NaN and only the answers and the agreement are measured. ``pairing`` (a ``TokenizerPairing``) translates the
+    target's tokens for the drafter when their tokenizers differ; an unmapped token counts as a disagreement.
     """
     import pandas as pd
 
@@ -88,19 +90,25 @@ def evaluate_pair(drafter, target, split_dir, sizes, max_clips: int | None = Non
         # the drafter teacher-forced on the target's answer: does it predict the target's next token?
         pre = drafter.prefill(d_in)
         t_tokens = torch.tensor(t_out.tokens)
-        preds = [int(pre.logits.argmax())]
+        translate = pairing is not None and not pairing.identical
+        fed = pairing.to_draft(t_tokens).clamp(min=0) if translate else t_tokens  # unmapped: any id, scored wrong
+        preds = torch.tensor([int(pre.logits.argmax())])
         if len(t_tokens) > 1:
-            preds += drafter.score(t_tokens[:-1], pre.cache).logits.argmax(-1).tolist()
-        agree = sum(int(p == t) for p, t in zip(preds, t_out.tokens))
+            preds = torch.cat([preds, drafter.score(fed[:-1], pre.cache).logits.argmax(-1).cpu()])
+        if translate:
+            preds = pairing.to_target(preds)
+        agree = int((preds == t_tokens).sum())
         t_text = target.tokenizer.decode(t_out.tokens, skip_special_tokens=True)
         d_text = drafter.tokenizer.decode(d_out.tokens, skip_special_tokens=True)
         row = {"clip_id": rec["clip_id"], "question": q, "question_type": QUESTION_TYPES[q],
                "target_answer": t_text, "drafter_answer": d_text,
                "target_tokens": len(t_out.tokens), "drafter_tokens": len(d_out.tokens),
                "agree_tokens": agree, "identical": float(t_out.tokens == d_out.tokens)}
-        for who, text, ref in (("target", t_text, rec["conversations"][1]["value"]),
-                               ("drafter", d_text, rec["meta"]["answers_events"][q])):
-            row.update({f"{who}_{k}": v for k, v in fact_scores(text, ref).items()})
+        refs = (rec["conversations"][1]["value"], rec.get("meta", {}).get("answers_events", [None] * 10)[q])
+        for who, text, ref in (("target", t_text, refs[0]), ("drafter", d_text, refs[1])):
+            scores = fact_scores(text, ref) if ref else dict.fromkeys(("fact_precision", "fact_recall", "fact_exact"),
+                                                                        float("nan"))
+            row.update({f"{who}_{k}": v for k, v in scores.items()})
         rows.append(row)
     return pd.DataFrame(rows)
 

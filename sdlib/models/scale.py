@@ -144,16 +144,25 @@ class MeasuredCosts:
         return {k: abs(v / REFERENCE_RATIOS[k] - 1.0) <= tolerance for k, v in self.ratios.items()}
 
 
+def _synchronize(model) -> None:
+    """Wait for the model's device, so a timer read after a call covers its kernels (a no-op on the CPU)."""
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
 def _time_model(model, inputs, n_decode: int) -> tuple[float, list[float]]:
     """(prefill ms, per-step decode ms) for one prompt, feeding the greedy token back."""
+    _synchronize(model)
     t0 = time.perf_counter()
     pre = model.prefill(inputs)
+    _synchronize(model)
     prefill_ms = (time.perf_counter() - t0) * 1e3
     token = int(pre.logits.argmax())
     steps = []
     for _ in range(n_decode):
         t0 = time.perf_counter()
         out = model.score(torch.tensor([token]), pre.cache)
+        _synchronize(model)
         steps.append((time.perf_counter() - t0) * 1e3)
         token = int(out.logits[-1].argmax())
     return prefill_ms, steps
@@ -431,8 +440,10 @@ def verify_curve(target, inputs, ks: Sequence[int] = (1, 2, 4, 8, 16), repeats: 
         out: dict[int, list[float]] = {k: [] for k in ks}
         for rep in range(warmup + repeats):
             for k in ks:
+                _synchronize(target)
                 t0 = time.perf_counter()
                 target.score(tokens[:k], pre.cache)
+                _synchronize(target)
                 ms = (time.perf_counter() - t0) * 1e3
                 crop_cache(pre.cache, base)
                 if rep >= warmup:
