@@ -68,5 +68,6 @@ def test_real_profile_stage_runs_on_stand_in_checkpoints(checkpoints, tmp_path, 
     assert all(v > 0 for v in m["costs_ms"].values())
     glued = runner.glued_values(tmp_path / "stages" / "01_models.ipynb")
     assert glued["train_summary"].startswith("loaded from the published checkpoints")
+    assert "no reference answers" in glued["quality_text"]
     saved = json.loads((data / "results" / "01_models.json").read_text())
     assert saved["profile"] == "real" and saved["parameters"]["source"] == "real"
