@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sdlib import paths, runner
+from sdlib.models import scale
 
 pytestmark = pytest.mark.slow
 
@@ -217,7 +218,9 @@ def test_models_stage_values(smoke_book):
     src, records = smoke_book
     m = records["01_models"]["metrics"]
     assert set(m["ratios"]) == {"P_v_over_d_v", "P_e_over_P_v", "d_e_over_d_v", "visual_token_ratio"}
-    assert m["ratios"]["visual_token_ratio"] == pytest.approx(520 / 146)
+    sizes = scale.ScaleSizes()
+    assert m["ratios"]["visual_token_ratio"] == pytest.approx(sizes.target_visual_tokens / sizes.drafter_visual_tokens)
+    assert (sizes.target_visual_tokens, sizes.drafter_visual_tokens) == (400, 102)
     assert all(v > 0 for v in m["ratios"].values())
     assert 0.0 <= m["drafter_target_agreement"] <= 1.0
     for who in ("drafter", "target"):

@@ -81,7 +81,8 @@ def test_prompt_is_exactly_the_policy_and_rejects_placeholders():
 
 def test_video_token_count_formula():
     assert video_token_count(8, 224, 224, 14) == 2056  # the 7B checkpoint: 8 x 257
-    assert video_token_count(8, 64, 64, 8) == 520  # the scale model in DESIGN.md
+    assert video_token_count(8, 64, 64, 8) == 520  # DESIGN.md's first sketch of the scale model
+    assert video_token_count(8, 56, 56, 8) == 400  # the calibrated scale model (sdlib.models.scale.ScaleSizes)
     assert video_token_count(8, 32, 32, 8) == 136
     assert video_token_count(1, 32, 48, 8) == 25  # non-square: 4 x 6 patches + CLS
     with pytest.raises(ValueError, match="positive"):
