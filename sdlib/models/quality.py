@@ -74,6 +74,8 @@ def evaluate_pair(drafter, target, split_dir, sizes, max_clips: int | None = Non
     from sdlib.world import QUESTION_TYPES, QUESTIONS
 
     recs = test_prompts(split_dir, max_clips)
+    translate = pairing is not None and not pairing.identical
+    no_scores = dict.fromkeys(("fact_precision", "fact_recall", "fact_exact"), float("nan"))
     rows, cache = [], {}
     it = progress(recs, desc="evaluate", unit="prompt") if progress else recs
     for rec in it:
@@ -90,7 +92,6 @@ def evaluate_pair(drafter, target, split_dir, sizes, max_clips: int | None = Non
         # the drafter teacher-forced on the target's answer: does it predict the target's next token?
         pre = drafter.prefill(d_in)
         t_tokens = torch.tensor(t_out.tokens)
-        translate = pairing is not None and not pairing.identical
         fed = pairing.to_draft(t_tokens).clamp(min=0) if translate else t_tokens  # unmapped: any id, scored wrong
         preds = torch.tensor([int(pre.logits.argmax())])
         if len(t_tokens) > 1:
@@ -104,10 +105,10 @@ def evaluate_pair(drafter, target, split_dir, sizes, max_clips: int | None = Non
                "target_answer": t_text, "drafter_answer": d_text,
                "target_tokens": len(t_out.tokens), "drafter_tokens": len(d_out.tokens),
                "agree_tokens": agree, "identical": float(t_out.tokens == d_out.tokens)}
-        refs = (rec["conversations"][1]["value"], rec.get("meta", {}).get("answers_events", [None] * 10)[q])
+        events_refs = rec.get("meta", {}).get("answers_events") or [None] * len(QUESTIONS)
+        refs = (rec["conversations"][1]["value"], events_refs[q])
         for who, text, ref in (("target", t_text, refs[0]), ("drafter", d_text, refs[1])):
-            scores = fact_scores(text, ref) if ref else dict.fromkeys(("fact_precision", "fact_recall", "fact_exact"),
-                                                                        float("nan"))
+            scores = fact_scores(text, ref) if ref else no_scores
             row.update({f"{who}_{k}": v for k, v in scores.items()})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -147,26 +148,35 @@ class MeasuredCosts:
         return {k: abs(v / REFERENCE_RATIOS[k] - 1.0) <= tolerance for k, v in self.ratios.items()}
 
 
-def _synchronize(model) -> None:
-    """Wait for the model's device, so a timer read after a call covers its kernels (a no-op on the CPU)."""
-    if model.device.type == "cuda":
-        torch.cuda.synchronize(model.device)
+@contextmanager
+def _torch_threads(n: int):
+    """Run the block with ``n`` intra-op threads, restoring the previous count after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _timed_ms(model, call):
+    """(result, ms) of ``call()``, waiting for the model's device on both sides so the kernels are covered."""
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda *_: None)
+    sync(model.device)
+    t0 = time.perf_counter()
+    result = call()
+    sync(model.device)
+    return result, (time.perf_counter() - t0) * 1e3
 
 
 def _time_model(model, inputs, n_decode: int) -> tuple[float, list[float]]:
     """(prefill ms, per-step decode ms) for one prompt, feeding the greedy token back."""
-    _synchronize(model)
-    t0 = time.perf_counter()
-    pre = model.prefill(inputs)
-    _synchronize(model)
-    prefill_ms = (time.perf_counter() - t0) * 1e3
+    pre, prefill_ms = _timed_ms(model, lambda: model.prefill(inputs))
     token = int(pre.logits.argmax())
     steps = []
     for _ in range(n_decode):
-        t0 = time.perf_counter()
-        out = model.score(torch.tensor([token]), pre.cache)
-        _synchronize(model)
-        steps.append((time.perf_counter() - t0) * 1e3)
+        out, ms = _timed_ms(model, lambda: model.score(torch.tensor([token]), pre.cache))
+        steps.append(ms)
         token = int(out.logits[-1].argmax())
     return prefill_ms, steps
 
@@ -178,18 +188,14 @@ def measure_costs(drafter, target, samples: Sequence[tuple[Any, Any]], repeats: 
     ``samples`` are ``(drafter_inputs, target_inputs)`` pairs of prepared :class:`ModelInputs`. Each repetition
     times every sample on the target, then on the drafter; ``warmup`` untimed passes come first.
     """
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        pv, dv, pe, de = [], [], [], []
+    pv, dv, pe, de = [], [], [], []
+    with _torch_threads(threads):
         for rep in range(warmup + repeats):
             for d_in, t_in in samples:
                 p, s = _time_model(target, t_in, n_decode)
                 q, r = _time_model(drafter, d_in, n_decode)
                 if rep >= warmup:
                     pv.append(p); dv.extend(s); pe.append(q); de.extend(r)
-    finally:
-        torch.set_num_threads(old)
     d_in, t_in = samples[0]
     return MeasuredCosts(
         P_v=statistics.median(pv), d_v=statistics.median(dv), P_e=statistics.median(pe), d_e=statistics.median(de),
@@ -434,23 +440,15 @@ def verify_curve(target, inputs, ks: Sequence[int] = (1, 2, 4, 8, 16), repeats: 
     """Median ms of one target forward that scores ``k`` tokens on a freshly prefilled cache, for each ``k``."""
     from sdlib.models.interface import crop_cache
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    out: dict[int, list[float]] = {k: [] for k in ks}
+    with _torch_threads(threads):
         pre = target.prefill(inputs)
         base = pre.prompt_len
         tokens = torch.full((max(ks),), int(pre.logits.argmax()), dtype=torch.long)
-        out: dict[int, list[float]] = {k: [] for k in ks}
         for rep in range(warmup + repeats):
             for k in ks:
-                _synchronize(target)
-                t0 = time.perf_counter()
-                target.score(tokens[:k], pre.cache)
-                _synchronize(target)
-                ms = (time.perf_counter() - t0) * 1e3
+                _, ms = _timed_ms(target, lambda: target.score(tokens[:k], pre.cache))
                 crop_cache(pre.cache, base)
                 if rep >= warmup:
                     out[k].append(ms)
-    finally:
-        torch.set_num_threads(old)
     return {k: statistics.median(v) for k, v in out.items()}
