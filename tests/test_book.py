@@ -18,6 +18,7 @@ from sdlib import paths, runner
 from sdlib.models import scale
 
 pytestmark = pytest.mark.slow
+SMOKE_CELL_TIMEOUT = 600  # seconds; a smoke stage takes about a minute in all
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +34,10 @@ def smoke_book(tmp_path_factory):
     old = os.environ.get("SDLIB_DATA_DIR")
     os.environ["SDLIB_DATA_DIR"] = str(src / "data")
     try:
+        # a cell that hangs fails its stage with an error naming the cell, instead of running into pytest-timeout
         records = {
-            stage: runner.run_stage(stage, "smoke", output_dir=src / "book" / "stages", progress_bar=False)
+            stage: runner.run_stage(stage, "smoke", output_dir=src / "book" / "stages", progress_bar=False,
+                                    cell_timeout=SMOKE_CELL_TIMEOUT)
             for stage in runner.toc_stages()
         }
     finally:

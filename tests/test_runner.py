@@ -112,6 +112,8 @@ def test_failed_run_is_kept_aside_and_never_published(tmp_path, data_dir):
         runner.run_stage("toy", "smoke", [("x", "-1")], output_dir=out, notebooks_dir=nbs, params_dir=tmp_path,
                          progress_bar=False)
     assert "Traceback" in str(err.value) or "assert x > 0" in str(err.value)
+    # named by its index in the source notebook, although papermill injected a parameters cell before it
+    assert str(err.value).startswith("stage toy (profile smoke) failed in cell 1 of toy.ipynb (`import sdlib`): ")
     assert not (out / "toy.ipynb").exists()
     failed = data_dir / "failed" / "toy.smoke.ipynb"
     assert failed.is_file() and runner.page_failed(failed)
@@ -136,3 +138,15 @@ def test_strip_widgets_removes_state_and_views(tmp_path):
     back = nbformat.read(path, as_version=4)
     assert "widgets" not in back.metadata
     assert [o["data"] for o in back.cells[0].outputs] == [{"text/plain": "interactive(...)"}]
+
+
+def test_lab_command_roots_at_the_repository_with_live_kernels(monkeypatch):
+    monkeypatch.setenv("SDLIB_HEADLESS", "1")
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("MPLBACKEND", "agg")
+    cmd, env = runner.lab_command(["--no-browser", "--port=8899"])
+    assert cmd[1:] == ["lab", f"--notebook-dir={paths.ROOT}", "--no-browser", "--port=8899"]
+    assert "SDLIB_HEADLESS" not in env and "CI" not in env  # the explorer needs a kernel that is not headless
+    assert env["MPLBACKEND"] == "module://matplotlib_inline.backend_inline"
+    cmd, _ = runner.lab_command(["--notebook-dir=/tmp/elsewhere"])
+    assert cmd[1:] == ["lab", "--notebook-dir=/tmp/elsewhere"]  # one root folder, the caller's
