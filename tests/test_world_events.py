@@ -1,20 +1,26 @@
 """Event simulator: the vectorized rule against a plain per-pixel reference, exact small cases, noise statistics."""
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
-from sdlib.world import (EVENT_DTYPE, Camera, EventSimConfig, clip_times_us, luminance, render_radiance,
-                         sample_scene, simulate_events)
-from sdlib.world.events import background_activity, draw_pixel_params, log_intensity, sort_events
+from sdlib.world import (EVENT_DTYPE, WORLD_EVENT_CONFIG, Camera, EventSimConfig, clip_times_us, luminance,
+                         render_radiance, sample_scene, simulate_events)
+from sdlib.world.events import (background_activity, background_rate_map, draw_pixel_params, log_intensity,
+                                sort_events)
 
 
 def reference_events(lum, times_us, config, rng):
     """The ESIM rule written as a scalar loop, one pixel at a time (test oracle only)."""
     n_frames, height, width = lum.shape
     params = draw_pixel_params(rng, height, width, config)
-    noise = background_activity(rng, height, width, int(times_us[0]), int(times_us[-1]), config.shot_noise_hz)
+    rate = config.shot_noise_hz
+    if config.ba_hz > 0:  # each pixel's rate from its mean luminance over the clip
+        rate = np.array([[float(config.background_rate_hz(lum[:, y, x].mean(dtype=np.float32)))
+                          for x in range(width)] for y in range(height)])
+    noise = background_activity(rng, height, width, int(times_us[0]), int(times_us[-1]), rate)
     logs = log_intensity(lum, config.log_eps)
     rows = []
     for y in range(height):
@@ -73,7 +79,8 @@ def _blinking_clip():
     EventSimConfig(sigma_c=0.05, refractory_us=700),
     EventSimConfig(c_pos=0.15, c_neg=0.3, sigma_c=0.05, refractory_us=300, leak_hz=3.0),
     EventSimConfig(sigma_c=0.03, refractory_us=500, leak_hz=1.0, shot_noise_hz=4.0),
-], ids=["ideal", "mismatch", "refractory", "leak", "noise"])
+    EventSimConfig(sigma_c=0.03, refractory_us=500, leak_hz=1.0, ba_hz=3.0, ba_ref_luminance=0.5),
+], ids=["ideal", "mismatch", "refractory", "leak", "noise", "light-dependent noise"])
 def test_vectorized_equals_scalar_reference(clip, config):
     lum, times = _small_world_clip() if clip == "world" else _blinking_clip()
     fast = simulate_events(lum, times, config, np.random.default_rng(11))
@@ -147,6 +154,53 @@ def test_background_activity_statistics():
     assert abs(ev["t"].mean() - 1_000_000) < 20_000
     counts = np.bincount(ev["y"].astype(int) * w + ev["x"], minlength=h * w)
     assert counts.var() / counts.mean() == pytest.approx(1.0, abs=0.2)  # Poisson: variance = mean
+
+
+def test_background_activity_follows_a_per_pixel_rate_map():
+    rng = np.random.default_rng(6)
+    rate = np.where(np.arange(40)[None, :] < 20, 1.0, 10.0) * np.ones((30, 1))  # [30, 40]: 1 Hz left, 10 Hz right
+    ev = background_activity(rng, 30, 40, 0, 2_000_000, rate)
+    left = int((ev["x"] < 20).sum())
+    assert left == pytest.approx(1.0 * 600 * 2.0, abs=5 * math.sqrt(1200))
+    assert len(ev) - left == pytest.approx(10.0 * 600 * 2.0, abs=5 * math.sqrt(12000))
+    with pytest.raises(ValueError, match="one rate per pixel"):
+        background_activity(rng, 30, 40, 0, 10, rate[:, :10])
+
+
+def test_background_rate_rises_as_light_falls():
+    cfg = WORLD_EVENT_CONFIG
+    lum = np.array([0.8, 0.1, 0.01, 1e-3, 1e-4, 1e-6])
+    rate = cfg.background_rate_hz(lum)
+    assert np.all(np.diff(rate) >= 0) and rate[0] < rate[-1]
+    assert rate[1] == pytest.approx(0.2)  # daylit asphalt: ~0.1-1 Hz on real sensors
+    assert rate[3] == pytest.approx(0.2 * 10 ** 1.0)  # a hundred times less light: ten times the noise
+    assert rate[-1] == cfg.ba_max_hz == 5.0  # saturates in the dark ("several Hz")
+    assert EventSimConfig().background_rate_hz(lum).max() == 0.0  # off unless asked for
+
+
+def _static_street(illumination):
+    """A scene in which nothing moves: only background activity and leak make events."""
+    s = sample_scene(np.random.default_rng(40), illumination=illumination, ego_moving=False)
+    return dataclasses.replace(s, road_users=tuple(u for u in s.road_users if not u.moving), traffic_light=None)
+
+
+def test_background_activity_of_a_static_scene_rises_as_light_falls():
+    """Measured on simulated events of a scene where nothing moves: more noise at dusk than by day, more at night,
+    each as the configured rate map predicts, and within a frame, more on dark pixels than on bright ones."""
+    times = clip_times_us(1.0, 50)
+    counts, per_pixel = {}, {}
+    for illum in ("day", "dusk", "night"):
+        lum = luminance(render_radiance(_static_street(illum), times / 1e6, 128, 96))  # [T, H, W]
+        ev = simulate_events(lum, times, WORLD_EVENT_CONFIG, np.random.default_rng(1))
+        expected = float(background_rate_map(lum, WORLD_EVENT_CONFIG).sum())  # leak: first event after 1/leak_hz
+        counts[illum] = len(ev)
+        assert len(ev) == pytest.approx(expected, rel=0.1), illum
+        per_pixel[illum] = (np.bincount(ev["y"].astype(int) * 128 + ev["x"], minlength=128 * 96), lum.mean(0).ravel())
+    assert counts["day"] < counts["dusk"] < counts["night"]
+    assert counts["night"] > 5 * counts["day"]
+    n, lum = per_pixel["night"]
+    dark, bright = lum < np.quantile(lum, 0.25), lum > np.quantile(lum, 0.75)
+    assert n[dark].mean() > 1.5 * n[bright].mean()
 
 
 def test_leak_makes_static_pixels_fire_on_events_at_about_the_leak_rate():

@@ -137,32 +137,42 @@ def test_traffic_light_knowledge_per_view():
     assert not observe(late, "rgb").light.switched and observe(late, "events").light.switched
 
 
-def test_rgb_misses_some_dark_objects_at_night_and_events_do_not_care():
+def test_rgb_misses_some_dark_objects_at_night_and_events_hardly_do():
     rng = np.random.default_rng(7)
     missed_night = missed_day = 0
-    for _ in range(60):
+    ev_day = ev_both = ev_missed_night = ev_missed_day = 0
+    for _ in range(100):
         s = sample_scene(rng, illumination="night", ego_moving=True)
         missed_night += sum(observe(s, "rgb").missed.values())
         day = dataclasses.replace(s, illumination="day")
         missed_day += sum(observe(day, "rgb").missed.values())
-        # events work on log luminance: the same scene by day and by night gives the same event facts
-        assert observe(s, "events").objects == observe(day, "events").objects
+        # events work on log luminance, so day and night give nearly the same event facts; only the background
+        # activity, which rises in the dark, can drown an object's few events
+        night = observe(s, "events")
+        day_ids = {o.uid for o in observe(day, "events").objects}
+        ev_day += len(day_ids)
+        ev_both += len(day_ids & {o.uid for o in night.objects})
+        ev_missed_night += sum(night.missed.values())
+        ev_missed_day += sum(observe(day, "events").missed.values())
     assert missed_day == 0 and missed_night >= 5
+    assert ev_day > 100 and ev_both >= 0.95 * ev_day
+    # darkness costs the event camera less than the RGB camera (events also miss what does not move, day and night)
+    assert ev_missed_night - ev_missed_day < missed_night - missed_day
 
 
 def test_rgb_visibility_rule_tracks_the_rendered_image():
     """The analytic RGB visibility agrees with the contrast each object really adds to the rendered frame."""
     rng = np.random.default_rng(0)
-    cam = Camera(128, 96)
+    fr = facts_mod._frame("rgb", 128, facts_mod.Viewing())
     agree = total = 0
     for _ in range(12):
         s = sample_scene(rng, illumination="night")
         seen = {o.uid for o in observe(s, "rgb").objects}
-        fractions = facts_mod._visible_fractions(s, cam, 0.5)
+        in_view = facts_mod._visibility(s, fr, 0.5)
         full = render_radiance(s, np.array([0.5]), 128, 96)[0]
         for u in s.road_users:
-            box, _, z = facts_mod._user_box(s, cam, u, 0.5)
-            if z <= 1.5 or box[3] - box[2] < 3 or fractions.get(u.uid, 0.0) < 0.4:
+            box, _, z = facts_mod._user_box(s, fr.cam, u, 0.5)
+            if z <= 1.5 or not facts_mod._tall_enough(box, fr) or not in_view[u.uid].in_view():
                 continue
             others = tuple(v for v in s.road_users if v.uid != u.uid)
             without = render_radiance(dataclasses.replace(s, road_users=others), np.array([0.5]), 128, 96)[0]

@@ -156,3 +156,26 @@ def test_rgb_noise_model_matches_the_camera(illumination, level):
     rad = np.full((400, 8, 8, 3), level, dtype=np.float32)
     dn = rgb_camera(rad, illumination, rng).astype(float)
     assert dn.std() == pytest.approx(float(rgb_noise_dn(level, illumination)), rel=0.05)
+
+
+def test_facade_windows_are_the_windows_the_renderer_paints():
+    """`facade_windows` (what the facts use) lists exactly the windows drawn on a facade: at night the lit ones
+    glow at their listed places and the unlit ones do not."""
+    from sdlib.world.render import WINDOW_LIT, facade_windows
+    from sdlib.world.scene import StaticObject
+    cam = Camera(256, 192)
+    checked = {True: 0, False: 0}
+    for seed in range(6):
+        building = StaticObject("building", s_m=22.0, d_m=6.0, width_m=12.0, height_m=12.0,
+                                colour=(0.35, 0.33, 0.3), window_seed=1000 + seed)
+        scene = dataclasses.replace(_bare_scene("night"), statics=(building,))
+        img = render_radiance(scene, np.zeros(1), cam.width, cam.height)[0]
+        x, z = scene.to_camera(building.s_m, building.d_m, 0.0)  # the face's road-side (left) edge
+        for lx0, lx1, ly0, ly1, lit in facade_windows(building.width_m, building.height_m, building.window_seed):
+            u, v = cam.project(x + (lx0 + lx1) / 2, (ly0 + ly1) / 2, z)
+            if not (0 <= u < cam.width and 0 <= v < cam.height):
+                continue
+            glows = np.allclose(img[int(v), int(u)], WINDOW_LIT)
+            assert glows == lit, (seed, lx0, ly0)
+            checked[lit] += 1
+    assert checked[True] > 10 and checked[False] > 10

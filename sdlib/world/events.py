@@ -13,8 +13,12 @@ The rule, per pixel:
 - Threshold mismatch: C_on and C_off are drawn once per pixel from N(c, sigma_c), clipped below at c_min.
 - Leak (optional): `ref` drifts down by leak_rate * C_on per second (per-pixel rate, log-normal spread), which makes
   a static pixel fire ON events now and then, as a real DVS pixel does.
-- Background activity (optional): shot-noise events, a Poisson process of rate `shot_noise_hz` per pixel, polarity
-  50/50, uniform in time. They do not touch `ref` and skip the refractory filter (a simplification).
+- Background activity (optional): noise events, a Poisson process per pixel, polarity 50/50, uniform in time. Its rate
+  is `shot_noise_hz` plus a part that rises as light falls, as a real sensor's does
+  (`EventSimConfig.background_rate_hz`: `ba_hz` at luminance `ba_ref_luminance`, times
+  (ba_ref_luminance / L) ** ba_exponent, at most `ba_max_hz`), evaluated per pixel at the pixel's mean luminance over
+  the clip. Noise events do not touch `ref` and skip the
+  refractory filter (a simplification).
 
 Output: a structured array of dtype EVENT_DTYPE (x uint16, y uint16, t int64 µs, p uint8 with 1 = ON/positive),
 sorted by (t, y, x, p). The sensor size is the luminance frames' size.
@@ -40,17 +44,43 @@ class EventSimConfig:
     c_min: float = 0.01
     refractory_us: int = 100
     log_eps: float = 1e-4  # log(luminance + eps); luminance is linear, 1 = white paper in daylight
-    shot_noise_hz: float = 0.0  # background-activity rate per pixel (both polarities together)
+    shot_noise_hz: float = 0.0  # light-independent background-activity rate per pixel (both polarities together)
     leak_hz: float = 0.0  # mean leak-event rate per pixel
     leak_spread_decades: float = 0.1  # per-pixel spread of the leak rate (std of log10)
+    ba_hz: float = 0.0  # light-dependent background activity per pixel at luminance ba_ref_luminance (0 = off)
+    ba_ref_luminance: float = 0.1  # linear luminance (1 = white paper in daylight; 0.1 = asphalt in daylight)
+    ba_exponent: float = 0.5  # rate ~ luminance ** -ba_exponent: ten times less light, ~3.2x the noise
+    ba_max_hz: float = 5.0  # the light-dependent part saturates here (v2e's "noisy" preset: 5 Hz shot noise)
 
     def __post_init__(self) -> None:
-        for name in ("c_pos", "c_neg", "c_min"):
+        for name in ("c_pos", "c_neg", "c_min", "ba_ref_luminance"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"EventSimConfig.{name}={getattr(self, name)}: expected > 0")
-        for name in ("sigma_c", "refractory_us", "log_eps", "shot_noise_hz", "leak_hz", "leak_spread_decades"):
+        for name in ("sigma_c", "refractory_us", "log_eps", "shot_noise_hz", "leak_hz", "leak_spread_decades",
+                     "ba_hz", "ba_exponent", "ba_max_hz"):
             if getattr(self, name) < 0:
                 raise ValueError(f"EventSimConfig.{name}={getattr(self, name)}: expected >= 0")
+
+    def background_rate_hz(self, luminance: np.ndarray | float) -> np.ndarray:
+        """Background-activity rate (Hz per pixel, both polarities) of a pixel at linear `luminance`: `shot_noise_hz`
+        plus min(ba_max_hz, ba_hz * (ba_ref_luminance / luminance) ** ba_exponent). float32 in, float32 out."""
+        lum = np.asarray(luminance)
+        dtype = np.float32 if lum.dtype == np.float32 else np.float64
+        lum = np.maximum(lum.astype(dtype, copy=False), dtype(1e-12))
+        if self.ba_hz == 0:
+            return dtype(self.shot_noise_hz) + np.zeros_like(lum)
+        part = (lum * dtype(1.0 / self.ba_ref_luminance)) ** dtype(-self.ba_exponent)
+        part *= dtype(self.ba_hz)
+        return dtype(self.shot_noise_hz) + np.minimum(part, dtype(self.ba_max_hz))
+
+
+# The simulated world's event camera. Background activity: 0.2 Hz per pixel on daylit asphalt (luminance 0.1), about
+# 0.07 Hz on a daylit sky, 2.4 Hz on a street at night (luminance ~7e-4), up to 5 Hz on the darkest surfaces: the
+# range usually quoted for real sensors (~0.1-1 Hz in daylight, several Hz in the dark). reference/event_data.md
+# (section 4.2) gives v2e's figures: shot noise 0.001-5 Hz (5 Hz in its "noisy" preset), rising as intensity falls.
+# Leak 0.05 Hz (v2e: 0.01-0.1 Hz); since `ref` starts at the first frame's level, a pixel's first leak event comes only
+# after about 1 / leak_hz = 20 s, so leak adds no events to a 1 s clip.
+WORLD_EVENT_CONFIG = EventSimConfig(leak_hz=0.05, ba_hz=0.2)
 
 
 @dataclass(frozen=True)
@@ -74,19 +104,36 @@ def draw_pixel_params(rng: np.random.Generator, height: int, width: int, config:
 
 
 def background_activity(rng: np.random.Generator, height: int, width: int, t_start_us: int, t_end_us: int,
-                        rate_hz: float) -> np.ndarray:
-    """Shot-noise events: Poisson with `rate_hz` per pixel over [t_start_us, t_end_us), uniform pixel and time,
-    polarity 50/50. Unsorted, dtype EVENT_DTYPE."""
+                        rate_hz: float | np.ndarray) -> np.ndarray:
+    """Background-activity events over [t_start_us, t_end_us): Poisson with `rate_hz` per pixel (a number, or one
+    rate per pixel [H, W]), uniform in time, polarity 50/50. Unsorted, dtype EVENT_DTYPE."""
     duration_s = (t_end_us - t_start_us) / 1e6
-    n = int(rng.poisson(rate_hz * height * width * duration_s)) if rate_hz > 0 and duration_s > 0 else 0
+    if np.ndim(rate_hz) == 0:
+        rate = float(rate_hz)
+        n = int(rng.poisson(rate * height * width * duration_s)) if rate > 0 and duration_s > 0 else 0
+        pix = rng.integers(0, height * width, size=n) if n else np.empty(0, dtype=np.int64)
+    else:
+        rate_map = np.asarray(rate_hz, dtype=np.float64)
+        if rate_map.shape != (height, width):
+            raise ValueError(f"rate_hz shape {rate_map.shape}: expected one rate per pixel ({height}, {width})")
+        counts = rng.poisson(rate_map.ravel() * max(duration_s, 0.0))  # [P]
+        n = int(counts.sum())
+        pix = np.repeat(np.arange(height * width), counts)  # [n]
     ev = np.empty(n, dtype=EVENT_DTYPE)  # [n]
     if n:
-        pix = rng.integers(0, height * width, size=n)
         ev["x"] = pix % width
         ev["y"] = pix // width
         ev["t"] = rng.integers(t_start_us, t_end_us, size=n)
         ev["p"] = rng.integers(0, 2, size=n)
     return ev
+
+
+def background_rate_map(luminance: np.ndarray, config: EventSimConfig) -> np.ndarray | float:
+    """The background-activity rate the simulator uses: one rate per pixel [H, W] from each pixel's mean luminance
+    over the frames `luminance` [T, H, W] when the light-dependent part is on, else the number `shot_noise_hz`."""
+    if config.ba_hz == 0:
+        return config.shot_noise_hz
+    return config.background_rate_hz(np.asarray(luminance).mean(axis=0))  # [H, W]
 
 
 def log_intensity(luminance: np.ndarray, eps: float) -> np.ndarray:
@@ -126,12 +173,13 @@ def simulate_events(luminance: np.ndarray, times_us: np.ndarray, config: EventSi
     """Simulate an event camera watching frames `luminance` [T, H, W] (linear) taken at `times_us` [T] (int µs).
 
     `rng` draws the per-pixel thresholds and leak rates (`draw_pixel_params`), then the background activity
-    (`background_activity`), in that order. Returns events sorted by (t, y, x, p), dtype EVENT_DTYPE.
+    (`background_activity` at `background_rate_map`), in that order. Returns events sorted by (t, y, x, p), dtype
+    EVENT_DTYPE.
     """
     lum, times = _check_inputs(luminance, times_us)
     n_frames, height, width = lum.shape
     params = draw_pixel_params(rng, height, width, config)
-    noise = background_activity(rng, height, width, int(times[0]), int(times[-1]), config.shot_noise_hz)
+    noise = background_activity(rng, height, width, int(times[0]), int(times[-1]), background_rate_map(lum, config))
 
     cp = params.c_pos.ravel()  # [P]
     cn = params.c_neg.ravel()  # [P]

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from .facts import VIEWS, ObjectFact, Observation, observe
+from .facts import VIEWS, ObjectFact, Observation, Viewing, observe
 from .scene import Scene
 
 QUESTIONS: tuple[str, ...] = (
@@ -436,7 +436,7 @@ def _t_statics(c: _Ctx) -> _Out:
     if c.view == "rgb":
         s = p.pick("stat|tpl", ("{x} line the road.", "The roadside has {x}.", "Along the road there are {x}."))
         s = s.replace("{x}", _join(items, p, "stat|list"))
-        if obs.illumination == "night" and "building" in kinds:
+        if obs.lit_windows:
             s += " Some windows are lit."
     else:
         s = p.pick("stat|tpl", ("The outlines of {x} sweep past.", "Edges of {x} move through the view.",
@@ -622,30 +622,31 @@ def _check_q(q_idx: int) -> None:
 
 
 def answer_pair(scene: Scene, q_idx: int, rng: np.random.Generator,
-                rgb_times_s: np.ndarray | None = None) -> dict[str, str]:
+                rgb_times_s: np.ndarray | None = None, viewing: Viewing | None = None) -> dict[str, str]:
     """Both views' answers to QUESTIONS[q_idx], written with one wording plan drawn from `rng`.
-    rgb_times_s: times of the target's frames, when not the default (see `facts.observe`)."""
+    rgb_times_s: times of the target's frames, when not the default; viewing: the models' input sizes and the event
+    sensor, when not the default (see `facts.observe`)."""
     _check_q(q_idx)
     plan = _Plan(int(rng.integers(0, 2**62)))
-    return {v: _compose(observe(scene, v, rgb_times_s=rgb_times_s), q_idx, plan)[0] for v in VIEWS}
+    return {v: _compose(observe(scene, v, rgb_times_s=rgb_times_s, viewing=viewing), q_idx, plan)[0] for v in VIEWS}
 
 
 def answer(scene: Scene, q_idx: int, view: str, rng: np.random.Generator,
-           rgb_times_s: np.ndarray | None = None) -> str:
+           rgb_times_s: np.ndarray | None = None, viewing: Viewing | None = None) -> str:
     """One view's answer ("rgb" or "events") to QUESTIONS[q_idx]. Draws one number from `rng` (the wording plan):
     generators in the same state give the two views the same wording (what `answer_pair` does)."""
     _check_q(q_idx)
     if view not in VIEWS:
         raise ValueError(f"view={view!r}: expected one of {VIEWS}")
     plan = _Plan(int(rng.integers(0, 2**62)))
-    return _compose(observe(scene, view, rgb_times_s=rgb_times_s), q_idx, plan)[0]
+    return _compose(observe(scene, view, rgb_times_s=rgb_times_s, viewing=viewing), q_idx, plan)[0]
 
 
 def all_answers(scene: Scene, rng: np.random.Generator,
-                rgb_times_s: np.ndarray | None = None) -> list[dict[str, str]]:
+                rgb_times_s: np.ndarray | None = None, viewing: Viewing | None = None) -> list[dict[str, str]]:
     """Answers to all 10 questions, in QUESTIONS order: [{"rgb": ..., "events": ...}] * 10 (same as calling
     `answer_pair` for q = 0..9 with `rng`)."""
-    obs = {v: observe(scene, v, rgb_times_s=rgb_times_s) for v in VIEWS}
+    obs = {v: observe(scene, v, rgb_times_s=rgb_times_s, viewing=viewing) for v in VIEWS}
     out = []
     for q in range(len(QUESTIONS)):
         plan = _Plan(int(rng.integers(0, 2**62)))

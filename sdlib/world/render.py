@@ -27,7 +27,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .scene import COLOURS, MOTOR_VEHICLES, NEAR_CLIP_M, RoadUser, Scene
+from .scene import COLOURS, MOTOR_VEHICLES, NEAR_CLIP_M, RoadUser, Scene, StaticObject
 
 DEFAULT_FPS = 200
 RGB_FRAMES = 8
@@ -41,9 +41,12 @@ HAZE_START_M = 55.0
 ILLUMINATION = {
     "day": dict(ambient=1.0, headlight=0.0, sky_top=(0.33, 0.52, 0.92), sky_horizon=(0.72, 0.80, 0.93), gain=1.0),
     "dusk": dict(ambient=0.25, headlight=0.08, sky_top=(0.10, 0.09, 0.20), sky_horizon=(0.55, 0.30, 0.16), gain=2.5),
-    "night": dict(ambient=0.006, headlight=0.22, sky_top=(0.002, 0.002, 0.006), sky_horizon=(0.010, 0.010, 0.018),
+    "night": dict(ambient=0.006, headlight=0.22, sky_top=(0.0002, 0.0002, 0.0005), sky_horizon=(0.0006, 0.0006, 0.0009),
                   gain=5.0),
 }
+# At night the ambient light stands for street lighting, which leaves lit surfaces brighter than the sky (a city's sky
+# glow is far dimmer than a lit street): the night sky is darker than asphalt, so unlit structure standing against it
+# shows no bright silhouette.
 # RGB sensor noise, in linear units before the gain: sigma^2 = READ^2 + SHOT * signal. Plus a black level.
 READ_NOISE = 0.0015
 SHOT_NOISE = 0.00004
@@ -216,12 +219,17 @@ def _ground_geometry(width: int, height: int, ss: int) -> _GroundGeometry:
     return _GroundGeometry(rows=len(z), first_row=first, z=z2, x=x2, ss=ss)
 
 
-def _sky(scene: Scene, cam: Camera, ss: int) -> np.ndarray:
-    p = ILLUMINATION[scene.illumination]
-    v = (np.arange(cam.height * ss) + 0.5) / ss
-    a = np.clip(1.0 - v / max(cam.cy, 1.0), 0.0, 1.0) ** 0.7  # 1 at the top, 0 at the horizon
+def sky_radiance(illumination: str, cam: Camera, v: np.ndarray | float) -> np.ndarray:
+    """Radiance [..., 3] of the sky at image row(s) v: the horizon's colour at the horizon, the top's at row 0."""
+    p = ILLUMINATION[illumination]
+    a = np.clip(1.0 - np.asarray(v, dtype=np.float64) / max(cam.cy, 1.0), 0.0, 1.0) ** 0.7  # 1 at the top
     top, hor = np.array(p["sky_top"]), np.array(p["sky_horizon"])
-    col = hor[None, :] * (1 - a[:, None]) + top[None, :] * a[:, None]  # [H*ss, 3]
+    return hor * (1 - a[..., None]) + top * a[..., None]
+
+
+def _sky(scene: Scene, cam: Camera, ss: int) -> np.ndarray:
+    v = (np.arange(cam.height * ss) + 0.5) / ss
+    col = sky_radiance(scene.illumination, cam, v)  # [H*ss, 3]
     return np.repeat(col[:, None, :], cam.width * ss, axis=1)  # [H*ss, W*ss, 3]
 
 
@@ -400,6 +408,65 @@ def _static_parts(kind: str, width: float, height: float, colour: tuple[float, f
     return parts
 
 
+# Facade windows: a 3 m grid measured from the face's road-side edge (lx along the face, ly up from the road);
+# a window fills lx in (0.8, 2.2) and ly in (1.0, 2.2) of its cell, keeping 0.6 m from the face's ends, 2.5 m above
+# the road and 0.7 m below the roof. At night a fixed 35 % of them (a hash of cell and building) are lit.
+WINDOW_GRID_M = 3.0
+WINDOWS_DRAWN_BELOW_M = 70.0  # facades further away are drawn plain
+
+
+def _window_lit(col, row, seed):
+    """Whether the window in grid cell (col, row) of a building with `seed` is lit at night (ints or int arrays)."""
+    return ((col * 73856093) ^ (row * 19349663) ^ seed) % 100 < 35
+
+
+def facade_windows(width: float, height: float, seed: int) -> list[tuple[float, float, float, float, bool]]:
+    """The windows `_draw_windows` paints on a facade, as rectangles (lx0, lx1, ly0, ly1, lit at night) in metres
+    (lx along the face from its road-side edge, ly up from the road)."""
+    out = []
+    for col in range(int(width // WINDOW_GRID_M) + 1):
+        lx0, lx1 = max(col * WINDOW_GRID_M + 0.8, 0.6), min(col * WINDOW_GRID_M + 2.2, width - 0.6)
+        if lx1 <= lx0:
+            continue
+        for row in range(int(height // WINDOW_GRID_M) + 1):
+            ly0, ly1 = max(row * WINDOW_GRID_M + 1.0, 2.5), min(row * WINDOW_GRID_M + 2.2, height - 0.7)
+            if ly1 > ly0:
+                out.append((lx0, lx1, ly0, ly1, bool(_window_lit(col, row, seed))))
+    return out
+
+
+def static_parts(o: StaticObject, illumination: str, z_m: float | None = None) -> list[_Part]:
+    """The boxes a static object is drawn with, as for `road_user_parts` (x across the billboard from its centre, y
+    up from the road, metres): a building's face plus its windows (glass; at night the lit ones emit WINDOW_LIT),
+    when its depth `z_m` is below WINDOWS_DRAWN_BELOW_M (None: with windows); a tree's trunk and crown; a pole; a
+    street lamp's pole and head (lit except by day)."""
+    if o.kind != "building":
+        return _static_parts(o.kind, o.width_m, o.height_m, o.colour, illumination)
+    parts: list[_Part] = [(-o.width_m / 2, o.width_m / 2, 0.0, o.height_m, o.colour, None)]
+    if z_m is not None and z_m >= WINDOWS_DRAWN_BELOW_M:
+        return parts
+    right_side = o.d_m > 0  # the road-side edge is the face's left end on the right of the road
+    for lx0, lx1, ly0, ly1, lit in facade_windows(o.width_m, o.height_m, o.window_seed):
+        x0, x1 = (-o.width_m / 2 + lx0, -o.width_m / 2 + lx1) if right_side else (o.width_m / 2 - lx1,
+                                                                                 o.width_m / 2 - lx0)
+        if illumination == "night" and lit:
+            parts.append((x0, x1, ly0, ly1, (0.0, 0.0, 0.0), WINDOW_LIT))
+        else:
+            parts.append((x0, x1, ly0, ly1, _GLASS, None))
+    return parts
+
+
+def ground_albedo(scene: Scene, d_m: float) -> np.ndarray:
+    """Albedo (RGB) of the ground at lateral road position d_m: asphalt, sidewalk, or beyond it the paved square
+    (urban) or grass verge (suburban), as the renderer paints it (markings aside)."""
+    road = scene.road
+    if road.left_edge_m <= d_m <= road.right_edge_m:
+        return np.full(3, road.asphalt_albedo)
+    if road.left_edge_m - road.sidewalk_width_m <= d_m <= road.right_edge_m + road.sidewalk_width_m:
+        return _GROUND_ALBEDO[2].copy()
+    return _GROUND_ALBEDO[4 if scene.environment == "urban" else 3].copy()
+
+
 @dataclass
 class _Drawable:
     z: float
@@ -444,8 +511,8 @@ def _draw_windows(img: np.ndarray, cam: Camera, u0: float, v_base: float, scale:
         return
     lx = np.abs((np.arange(c0, c1) + 0.5 - u0) / scale)  # [c] metres along the face
     ly = (v_base - (np.arange(r0, r1) + 0.5)) / scale  # [r] metres above the road
-    colx, fx = np.divmod(lx, 3.0)
-    rowy, fy = np.divmod(ly, 3.0)
+    colx, fx = np.divmod(lx, WINDOW_GRID_M)
+    rowy, fy = np.divmod(ly, WINDOW_GRID_M)
     okx = (fx > 0.8) & (fx < 2.2) & (lx > 0.6) & (lx < width - 0.6)
     oky = (fy > 1.0) & (fy < 2.2) & (ly > 2.5) & (ly < height - 0.7)
     mask = oky[:, None] & okx[None, :]  # [r, c]
@@ -454,8 +521,7 @@ def _draw_windows(img: np.ndarray, cam: Camera, u0: float, v_base: float, scale:
     region = img[r0:r1, c0:c1]
     glass = np.array(_GLASS) * light
     if night:
-        hsh = (colx.astype(np.int64)[None, :] * 73856093) ^ (rowy.astype(np.int64)[:, None] * 19349663) ^ seed
-        lit = (hsh % 100) < 35
+        lit = _window_lit(colx.astype(np.int64)[None, :], rowy.astype(np.int64)[:, None], seed)
         region[mask & lit] = np.array(WINDOW_LIT)
         region[mask & ~lit] = glass
     else:
@@ -505,7 +571,7 @@ def _draw_objects(img: np.ndarray, cam: Camera, scene: Scene, t_s: float, haze_c
                 col = col + np.asarray(emit)
             col = (col * (1 - haze) + haze_col * haze).astype(np.float32)
             _draw_box(img, uc + x0 * scale, uc + x1 * scale, v_ground - y1 * scale, v_ground - y0 * scale, col)
-        if o.building is not None and o.z < 70.0:
+        if o.building is not None and o.z < WINDOWS_DRAWN_BELOW_M:
             wid, hgt, seed = o.building
             # the road-side edge of the face is the end nearer the image centre line
             _draw_windows(img, cam, uc - wid / 2 * scale, v_ground, scale, wid, hgt, seed,
