@@ -26,11 +26,15 @@ from transformers import (
 )
 
 from sdlib.models.eventgpt import (
+    EV_END,
+    EV_START,
+    EVENT_PATCH_TOKEN,
     EVENT_TOKEN_INDEX,
     IGNORE_INDEX,
     SYSTEM_PROMPT,
     EventChatConfig,
     EventChatModel,
+    add_event_tokens,
     event_token_count,
     eventgpt_prompt,
     spatio_temporal_pool,
@@ -237,18 +241,64 @@ def test_event_tokens_are_spliced_at_the_placeholder():
 # prompt and tokenization
 # ---------------------------------------------------------------------------------------------------------------------
 def test_prompt_is_eventgpt_v1():
-    expected = (
+    # dataset/conversation.py: prepare_event_prompt writes <ev_start><event><ev_end> whatever the config says
+    published = (
         "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
-        "detailed, and polite answers to the human's questions. USER: <event>\nWhat is this scene about? ASSISTANT:"
+        "detailed, and polite answers to the human's questions. USER: <ev_start><event><ev_end>\n"
+        "What is this scene about? ASSISTANT:"
     )
-    assert eventgpt_prompt("What is this scene about?") == expected
-    wrapped = eventgpt_prompt("Q?", use_start_end=True)
-    assert wrapped.endswith(" USER: <ev_start><event><ev_end>\nQ? ASSISTANT:")
+    assert eventgpt_prompt("What is this scene about?") == published
+    assert eventgpt_prompt("What is this scene about?", style="published") == published
+    plain = eventgpt_prompt("Q?", style="plain")
+    assert plain == f"{SYSTEM_PROMPT} USER: <event>\nQ? ASSISTANT:"
+    with pytest.raises(ValueError, match=r"prompt style='start_end': expected one of published, plain"):
+        eventgpt_prompt("Q?", style="start_end")
+
+
+def test_add_event_tokens_follows_inference_py():
+    patch_only = tiny_tokenizer()
+    n = len(patch_only)
+    assert add_event_tokens(patch_only, tiny_config()) == [EVENT_PATCH_TOKEN]  # mm_use_im_patch_token defaults True
+    assert patch_only.convert_tokens_to_ids(EVENT_PATCH_TOKEN) == n and len(patch_only) == n + 1
+    assert add_event_tokens(patch_only, tiny_config()) == []  # already there: nothing new
+    both = tiny_tokenizer()
+    assert add_event_tokens(both, tiny_config(mm_use_im_start_end=True)) == [EVENT_PATCH_TOKEN, EV_START, EV_END]
+    assert [both.convert_tokens_to_ids(t) for t in (EVENT_PATCH_TOKEN, EV_START, EV_END)] == [n, n + 1, n + 2]
+    # added tokens are whole: the published prompt then holds one id per marker around the placeholder
+    ids = tokenizer_event_token(eventgpt_prompt(QUESTIONS[0]), both)
+    where = ids.index(EVENT_TOKEN_INDEX)
+    assert (ids[where - 1], ids[where + 1]) == (n + 1, n + 2)
+    # without start/end tokens the markers are text (here: pieces outside the tiny vocabulary)
+    text_ids = tokenizer_event_token(eventgpt_prompt(QUESTIONS[0]), patch_only)
+    assert max(text_ids) < n and len(text_ids) > len(ids)
+    none = tiny_tokenizer()
+    assert add_event_tokens(none, tiny_config(mm_use_im_patch_token=False)) == [] and len(none) == n
+
+
+def test_resize_for_tokenizer_grows_with_mean_rows_and_keeps_the_rest():
+    model = tiny_model(seed=41)
+    ids = torch.tensor([[1, 5, 6, EVENT_TOKEN_INDEX, 7, 8]])
+    with torch.no_grad():
+        before = model(input_ids=ids, event_pixel_values=pixels(2, seed=42)).logits
+    old_embed, old_head = model.model.embed_tokens.weight.clone(), model.lm_head.weight.clone()
+    assert model.resize_for_tokenizer(128) == 0 and model.resize_for_tokenizer(100) == 0  # never shrinks
+    assert model.resize_for_tokenizer(131) == 3
+    assert model.config.vocab_size == model.vocab_size == 131
+    assert model.model.embed_tokens.weight.shape == (131, 64) and model.lm_head.weight.shape == (131, 64)
+    assert torch.equal(model.model.embed_tokens.weight[:128], old_embed)
+    assert torch.equal(model.model.embed_tokens.weight[128:], old_embed.mean(0).expand(3, -1))
+    assert torch.equal(model.lm_head.weight[128:], old_head.mean(0).expand(3, -1))
+    with torch.no_grad():
+        after = model(input_ids=ids, event_pixel_values=pixels(2, seed=42)).logits
+    assert after.shape[-1] == 131 and torch.equal(after[..., :128], before)
+    # a new token can be fed: its embedding row exists
+    with torch.no_grad():
+        assert model(input_ids=torch.tensor([[1, 130]])).logits.shape == (1, 2, 131)
 
 
 def test_tokenizer_event_token_inserts_placeholder_and_one_bos():
     tok = tiny_tokenizer()
-    prompt = eventgpt_prompt(QUESTIONS[0])
+    prompt = eventgpt_prompt(QUESTIONS[0], style="plain")  # the tiny word vocabulary has no pieces for the markers
     ids = tokenizer_event_token(prompt, tok)
     before, after = prompt.split("<event>")
     plain = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -388,7 +438,7 @@ def _event_images(n_frames: int, seed: int) -> np.ndarray:
 def test_decoder_prefill_contract(decoder):
     assert isinstance(decoder, DecodingModel)
     inputs = decoder.prepare(QUESTIONS[2], _event_images(5, seed=1))
-    assert inputs.prompt_text == eventgpt_prompt(QUESTIONS[2])
+    assert inputs.prompt_text == eventgpt_prompt(QUESTIONS[2], style="plain")  # the decoder's default style
     assert int((inputs.input_ids == EVENT_TOKEN_INDEX).sum()) == 1
     assert tuple(inputs.extra["event_pixel_values"].shape) == (5, 3, 32, 32)
     pre = decoder.prefill(inputs)
@@ -453,3 +503,24 @@ def test_clip_style_preprocess_resizes_crops_and_normalises():
     assert col[0] < 0 < col[-1]
     with pytest.raises(ValueError, match=r"expected \[H, W, 3\] RGB"):
         prep([np.zeros((8, 8), dtype=np.uint8)])
+
+
+def test_decoder_of_a_bfloat16_model_returns_float32():
+    full = EventGPTDecoder(tiny_model(seed=51), tiny_tokenizer(), clip_style_preprocess(32))
+    half = EventGPTDecoder(tiny_model(seed=51).to(torch.bfloat16), tiny_tokenizer(), clip_style_preprocess(32),
+                           prompt_style="published", event_frames=2)
+    assert half.prompt(QUESTIONS[0]) == eventgpt_prompt(QUESTIONS[0], style="published")
+    images = _event_images(2, seed=52)
+    ref = full.prefill(full.prepare(QUESTIONS[0], images))
+    inputs = half.prepare(QUESTIONS[0], images)
+    pre = half.prefill(inputs)
+    scored = half.score([5, 6], pre.cache)
+    for out in (pre.logits, pre.hidden, scored.logits, scored.hidden):
+        assert out.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(half.lm_head(pre.hidden.to(torch.bfloat16)).float(), pre.logits)
+    assert pre.prompt_len != ref.prompt_len  # the published prompt is longer (markers as text)
+    with pytest.raises(ValueError, match=r"3 event images; this decoder takes event_frames=2"):
+        half.prepare(QUESTIONS[0], _event_images(3, seed=52))
+    with pytest.raises(ValueError, match=r"event_frames=0"):
+        EventGPTDecoder(tiny_model(seed=51), tiny_tokenizer(), clip_style_preprocess(32), event_frames=0)

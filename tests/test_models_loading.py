@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sdlib.models.eventgpt import EVENT_TOKEN_INDEX, EventChatModel
-from sdlib.models.loading import LoadError, load_pretrained, load_tokenizer, torch_dtype
+from sdlib.models.loading import LoadError, load_pretrained, load_tokenizer, quantization_config, torch_dtype
 from test_models_eventgpt import LLAMA_KW, pixels, tiny_model, tiny_tokenizer
 
 # CLIP 64 wide so every quantized Linear has in_features a multiple of 64 (bitsandbytes' CPU 4-bit block size)
@@ -208,3 +208,32 @@ def test_8bit_on_cpu(saved):
     corr = torch.corrcoef(torch.stack([low.flatten(), reference.flatten()]))[0, 1]
     assert corr > 0.99, f"8-bit logits correlate {corr:.4f} with float32"
     assert (low.argmax(-1) == reference.argmax(-1)).float().mean() > 0.8
+
+
+def test_4bit_config_is_the_original_research_one():
+    pytest.importorskip("bitsandbytes")
+    cfg = quantization_config("4bit")  # BitsAndBytesConfig of every script of the original research
+    assert cfg.load_in_4bit and not cfg.load_in_8bit
+    assert (cfg.bnb_4bit_quant_type, cfg.bnb_4bit_use_double_quant, cfg.bnb_4bit_compute_dtype) == (
+        "nf4", True, torch.bfloat16)
+    assert quantization_config("4bit", "float16").bnb_4bit_compute_dtype == torch.float16
+    assert quantization_config(None) is None
+    with pytest.raises(LoadError, match=r"dtype='int4'"):
+        quantization_config("4bit", "int4")
+
+
+def test_4bit_compute_dtype_apart_from_the_weight_dtype(saved):
+    bnb = pytest.importorskip("bitsandbytes")
+    folder, reference = saved
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_pretrained(EventChatModel, folder, key="eventgpt_path", dtype="float16", quantization="4bit",
+                                compute_dtype="bfloat16")
+        linears = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+        assert linears and {m.compute_dtype for m in linears} == {torch.bfloat16}
+        assert model.model.embed_tokens.weight.dtype == model.lm_head.weight.dtype == torch.float16
+        assert {p.dtype for p in model.model.visual_tower.parameters()} == {torch.float16}
+        low = _logits(model)
+    assert bool(torch.isfinite(low).all())
+    corr = torch.corrcoef(torch.stack([low.flatten(), reference.flatten()]))[0, 1]
+    assert corr > 0.95, f"4-bit (fp16 weights, bf16 compute) logits correlate {corr:.3f} with float32"

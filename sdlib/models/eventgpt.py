@@ -14,6 +14,15 @@ classes unchanged, and the same classes with a tiny config are the scale-model d
 5. the event tokens replace the single ``<event>`` placeholder (id :data:`EVENT_TOKEN_INDEX` = -200) in the prompt's
    token embeddings.
 
+Prompt and tokenizer, as EventGPT's ``inference.py`` does them. ``prepare_event_prompt`` always writes the placeholder
+as ``<ev_start><event><ev_end>`` (:func:`eventgpt_prompt` with ``style="published"``); the config decides only how
+the markers are tokenized. ``inference.py`` adds ``<ev_patch>`` to the tokenizer when ``mm_use_im_patch_token`` (its
+default: yes) and ``<ev_start>``/``<ev_end>`` when ``mm_use_im_start_end``, all as special tokens, then resizes the
+embeddings to the tokenizer (:func:`add_event_tokens`, :meth:`EventChatModel.resize_for_tokenizer`); markers that are
+not added are tokenized as ordinary text. The prompt is cut at ``<event>`` and each piece tokenized on its own, with
+one BOS (:func:`tokenizer_event_token`). ``inference.py`` asks for the slow SentencePiece tokenizer
+(``use_fast=False``); transformers 5 has one Llama tokenizer only and ignores ``use_fast``.
+
 Weights. The module names give the published checkpoint keys: ``model.embed_tokens``, ``model.layers.*``,
 ``model.norm``, ``lm_head`` (Vicuna), ``model.visual_projector.{0,2}.*`` and ``model.feature_adaptor.*``. CLIP lives at
 ``model.visual_tower.visual_tower.*`` but its weights are read from the separate CLIP folder named by
@@ -51,6 +60,8 @@ __all__ = [
     "IGNORE_INDEX",
     "EV_START",
     "EV_END",
+    "EVENT_PATCH_TOKEN",
+    "PROMPT_STYLES",
     "SYSTEM_PROMPT",
     "EventChatConfig",
     "VisualTower",
@@ -59,6 +70,7 @@ __all__ = [
     "spatio_temporal_pool",
     "event_token_count",
     "eventgpt_prompt",
+    "add_event_tokens",
     "tokenizer_event_token",
     "resolve_visual_tower_dir",
 ]
@@ -68,6 +80,10 @@ EVENT_TOKEN_INDEX = -200  # placeholder id in input_ids; never a real vocabulary
 IGNORE_INDEX = -100  # label value that the loss skips (event positions, prompt positions)
 EV_START = "<ev_start>"
 EV_END = "<ev_end>"
+EVENT_PATCH_TOKEN = "<ev_patch>"
+#: ``"published"``: ``<ev_start><event><ev_end>`` as EventGPT's inference code writes it; ``"plain"``: ``<event>`` alone
+#: (the scale model's prompt, trained here with it)
+PROMPT_STYLES = ("published", "plain")
 SYSTEM_PROMPT = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
@@ -93,7 +109,10 @@ class EventChatConfig(LlamaConfig):
     - ``event_feature_adaptor``: whether the Linear ``feature_adaptor`` exists (EventGPT-7B: yes);
     - ``num_temporal_tokens``: pad (zeros) or cut the temporal tokens to this count; ``None`` keeps one per frame;
     - ``n_event_frames``: how many event images a sample is rendered into (EventGPT inference: 5);
-    - ``mm_use_im_start_end``: wrap ``<event>`` in ``<ev_start>``/``<ev_end>`` in the prompt (EventGPT-7B: no).
+    - ``mm_use_im_start_end``: ``<ev_start>``/``<ev_end>`` are tokens of their own (added to the tokenizer); otherwise
+      the published prompt still writes them and they are tokenized as text (the training scripts set it False);
+    - ``mm_use_im_patch_token``: ``<ev_patch>`` is added to the tokenizer (``inference.py``'s default: True). It never
+      appears in a prompt, but it gives the resized model one more (untrained) row.
     """
 
     model_type = "EventChat_llama"
@@ -106,6 +125,7 @@ class EventChatConfig(LlamaConfig):
     num_temporal_tokens: int | None = None
     n_event_frames: int = 5
     mm_use_im_start_end: bool = False
+    mm_use_im_patch_token: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.visual_tower_config is not None:
@@ -462,6 +482,50 @@ class EventChatModel(LlamaForCausalLM):
             raise ValueError(f"generate: event input given but input_ids holds no <event> ({EVENT_TOKEN_INDEX})")
         return super().generate(input_ids, generation_config, **kwargs)
 
+    # -- vocabulary -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def resize_for_tokenizer(self, n_tokens: int) -> int:
+        """Grow the token embeddings and the LM head to ``n_tokens`` rows, as ``inference.py`` does with
+        ``resize_token_embeddings(len(tokenizer))`` after :func:`add_event_tokens`; returns the number of rows added.
+
+        New rows are the mean of the existing rows, the rule EventGPT's training code (``initialize_vision_tokenizer``)
+        uses for ``<ev_start>``/``<ev_end>``. It is deterministic; transformers 4.37's resize, which the original's
+        inference ran, drew them from N(0, 0.02). The rows are untrained either way. A model with ``n_tokens`` rows or
+        more is left as it is: never shrunk, so a head padded past its tokenizer keeps its rows.
+        """
+        embed = self.model.embed_tokens
+        old = int(embed.weight.shape[0])
+        if n_tokens <= old:
+            return 0
+        head = self.lm_head
+        if type(head) is not nn.Linear:
+            raise ValueError(
+                f"resize_for_tokenizer: lm_head is a {type(head).__name__}; expected an unquantized nn.Linear "
+                "(bitsandbytes keeps lm_head unquantized unless told otherwise)"
+            )
+        added = n_tokens - old
+        tied = head.weight is embed.weight
+
+        def grown(weight: torch.Tensor) -> torch.Tensor:
+            mean = weight.float().mean(dim=0, keepdim=True).to(weight.dtype)  # [1, hidden]
+            return torch.cat([weight, mean.expand(added, -1)])  # [n_tokens, hidden]
+
+        new_embed = nn.Embedding(n_tokens, embed.embedding_dim, padding_idx=embed.padding_idx,
+                                 device=embed.weight.device, dtype=embed.weight.dtype)
+        new_embed.weight.copy_(grown(embed.weight))
+        self.model.embed_tokens = new_embed
+        if tied:
+            head.weight = new_embed.weight
+            head.out_features = n_tokens
+        else:
+            new_head = nn.Linear(head.in_features, n_tokens, bias=False, device=head.weight.device,
+                                 dtype=head.weight.dtype)
+            new_head.weight.copy_(grown(head.weight))
+            self.lm_head = new_head
+        self.config.vocab_size = n_tokens
+        self.vocab_size = n_tokens
+        return added
+
     # -- loading and saving ---------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
@@ -557,14 +621,32 @@ AutoModelForCausalLM.register(EventChatConfig, EventChatModel, exist_ok=True)
 # ---------------------------------------------------------------------------------------------------------------------
 # Prompt
 # ---------------------------------------------------------------------------------------------------------------------
-def eventgpt_prompt(question: str, *, use_start_end: bool = False, system: str = SYSTEM_PROMPT) -> str:
+def eventgpt_prompt(question: str, *, style: str = "published", system: str = SYSTEM_PROMPT) -> str:
     """The ``eventgpt_v1`` prompt (Vicuna v1 style, separator ``" "``) for one question, ending at ``ASSISTANT:``.
 
-    ``"<system> USER: <event>\\n<question> ASSISTANT:"``; with ``use_start_end`` the placeholder is wrapped as
-    ``<ev_start><event><ev_end>`` (only for checkpoints trained with ``mm_use_im_start_end``).
+    ``style="published"`` is what EventGPT's ``prepare_event_prompt`` writes, whatever the config says:
+    ``"<system> USER: <ev_start><event><ev_end>\\n<question> ASSISTANT:"``. ``style="plain"`` drops the two markers
+    (``"<system> USER: <event>\\n<question> ASSISTANT:"``), the scale model's prompt.
     """
-    event = f"{EV_START}{EVENT_TOKEN}{EV_END}" if use_start_end else EVENT_TOKEN
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style={style!r}: expected one of {', '.join(PROMPT_STYLES)}")
+    event = f"{EV_START}{EVENT_TOKEN}{EV_END}" if style == "published" else EVENT_TOKEN
     return f"{system} USER: {event}\n{question} ASSISTANT:"
+
+
+def add_event_tokens(tokenizer: Any, config: EventChatConfig) -> list[str]:
+    """Add the event tokens to ``tokenizer`` as EventGPT's ``inference.py`` does: ``<ev_patch>`` when
+    ``config.mm_use_im_patch_token``, ``<ev_start>`` and ``<ev_end>`` when ``config.mm_use_im_start_end``, all as
+    special tokens (never split). Returns the tokens that were new to the tokenizer (a tokenizer saved with them
+    already gets no new ids). Follow with :meth:`EventChatModel.resize_for_tokenizer`.
+    """
+    wanted = ([EVENT_PATCH_TOKEN] if config.mm_use_im_patch_token else []) + (
+        [EV_START, EV_END] if config.mm_use_im_start_end else []
+    )
+    before = set(tokenizer.get_vocab())
+    if wanted:
+        tokenizer.add_tokens(wanted, special_tokens=True)  # a token already there keeps its id and becomes unsplittable
+    return [tok for tok in wanted if tok not in before]
 
 
 def _adds_bos(tokenizer: Any) -> bool:

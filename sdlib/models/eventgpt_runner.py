@@ -1,8 +1,13 @@
 """EventGPT behind the :class:`~sdlib.models.interface.DecodingModel` protocol the decoding engine uses.
 
 :class:`EventGPTDecoder` turns a question and event images into the ``eventgpt_v1`` prompt, runs the event branch and
-the prompt in one prefill, and then scores blocks of tokens against a ``DynamicCache``. Hidden states are the Llama's
-last layer after the final RMSNorm, so ``lm_head(hidden) == logits`` at every returned position.
+the prompt in one prefill, and then scores blocks of tokens against a :class:`~sdlib.models.kvcache.KVCache`. Hidden states are the Llama's
+last layer after the final RMSNorm, so ``lm_head(hidden) == logits`` at every returned position; both come back as
+float32 whatever the model's dtype (bf16 for EventGPT-7B, as its inference code loads it).
+
+The prompt style is the decoder's: ``"plain"`` (``<event>``, the scale model's, trained here with it) by default,
+``"published"`` (``<ev_start><event><ev_end>``, EventGPT's inference prompt) for the published checkpoint
+(:func:`sdlib.models.real.load_real_pair` passes it).
 
 Image preprocessing is injected: :func:`event_preprocessor` gives the checkpoint's ``CLIPImageProcessor`` when the CLIP
 folder has a ``preprocessor_config.json`` (resize the short side, centre crop, CLIP mean/std), otherwise a plain torch
@@ -16,16 +21,18 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch.nn import functional as F
-from transformers import DynamicCache
 
 from sdlib.models.eventgpt import (
     EVENT_TOKEN_INDEX,
+    PROMPT_STYLES,
     SYSTEM_PROMPT,
     EventChatModel,
+    event_token_count,
     eventgpt_prompt,
     tokenizer_event_token,
 )
 from sdlib.models.interface import ModelInputs, Prefilled, Scored, crop_cache
+from sdlib.models.kvcache import KVCache
 
 __all__ = ["EventGPTDecoder", "ImagePreprocess", "clip_style_preprocess", "event_preprocessor", "CLIP_MEAN", "CLIP_STD"]
 
@@ -106,6 +113,10 @@ class EventGPTDecoder:
     ``prepare(question, visual)`` accepts as ``visual``: event images (uint8 ``[T, H, W, 3]`` or a list of
     ``[H, W, 3]``), preprocessed pixel values (float ``[T, 3, H, W]``), or cached event features (float
     ``[N, hidden]``, the output of :meth:`encode`), which are spliced in as they are.
+
+    ``prompt_style``: ``"plain"`` or ``"published"`` (see :func:`~sdlib.models.eventgpt.eventgpt_prompt`).
+    ``event_frames``: when given, every input must hold exactly that many event images (``T``), or for cached
+    features the ``T' + S`` tokens they pool to; ``None`` accepts any ``T``.
     """
 
     def __init__(
@@ -115,14 +126,21 @@ class EventGPTDecoder:
         preprocess: ImagePreprocess,
         *,
         name: str = "eventgpt",
-        use_start_end: bool | None = None,
+        prompt_style: str = "plain",
+        event_frames: int | None = None,
         system: str = SYSTEM_PROMPT,
     ) -> None:
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"EventGPTDecoder: prompt_style={prompt_style!r}; expected one of "
+                             f"{', '.join(PROMPT_STYLES)}")
+        if event_frames is not None and event_frames < 1:
+            raise ValueError(f"EventGPTDecoder: event_frames={event_frames}; expected >= 1 or None")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.preprocess = preprocess
         self.name = name
-        self.use_start_end = bool(model.config.mm_use_im_start_end) if use_start_end is None else use_start_end
+        self.prompt_style = prompt_style
+        self.event_frames = event_frames
         self.system = system
         eos = getattr(tokenizer, "eos_token_id", None)
         if eos is None:
@@ -144,7 +162,11 @@ class EventGPTDecoder:
 
     def prompt(self, question: str) -> str:
         """The ``eventgpt_v1`` prompt text for ``question``."""
-        return eventgpt_prompt(question, use_start_end=self.use_start_end, system=self.system)
+        return eventgpt_prompt(question, style=self.prompt_style, system=self.system)
+
+    def _check_frames(self, n_frames: int, what: str) -> None:
+        if self.event_frames is not None and n_frames != self.event_frames:
+            raise ValueError(f"{what}: {n_frames} event images; this decoder takes event_frames={self.event_frames}")
 
     def prepare(self, question: str, visual: Any) -> ModelInputs:
         """Prompt ids (one ``-200`` placeholder) plus the event input under ``extra["event_pixel_values"]``
@@ -155,10 +177,16 @@ class EventGPTDecoder:
         if isinstance(visual, torch.Tensor) and visual.is_floating_point() and visual.dim() == 2:
             if visual.shape[-1] != hidden:
                 raise ValueError(f"event features: width {visual.shape[-1]}; expected hidden_size {hidden}")
+            if self.event_frames is not None:
+                n_tokens = event_token_count(self.model.config, self.event_frames)
+                if visual.shape[0] != n_tokens:
+                    raise ValueError(f"event features: {visual.shape[0]} tokens; event_frames={self.event_frames} "
+                                     f"pool to {n_tokens}")
             extra = {"event_features": visual}
         elif isinstance(visual, torch.Tensor) and visual.is_floating_point():
             if visual.dim() != 4 or visual.shape[1] != 3:
                 raise ValueError(f"event pixel values: shape {tuple(visual.shape)}; expected [T, 3, H, W]")
+            self._check_frames(visual.shape[0], "event pixel values")
             extra = {"event_pixel_values": visual}
         else:
             pixels = self.preprocess(visual)
@@ -166,6 +194,7 @@ class EventGPTDecoder:
                 raise ValueError(
                     f"preprocess returned {getattr(pixels, 'shape', type(pixels))}; expected a [T, 3, H, W] tensor"
                 )
+            self._check_frames(pixels.shape[0], "event images")
             extra = {"event_pixel_values": pixels}
         return ModelInputs(input_ids=input_ids, extra=extra, prompt_text=text)
 
@@ -176,12 +205,13 @@ class EventGPTDecoder:
             visual = self.preprocess(visual)
         return self.model.encode_events(visual.to(self.device))  # [N, hidden]
 
-    def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.model.config)
+    def new_cache(self) -> KVCache:
+        return KVCache(self.model.config)
 
     @torch.no_grad()
     def prefill(self, inputs: ModelInputs) -> Prefilled:
-        """Event branch + prompt in one forward; logits/hidden at the last prompt position and the filled cache."""
+        """Event branch + prompt in one forward; logits/hidden (float32) at the last prompt position and the filled
+        cache."""
         input_ids = inputs.input_ids.to(self.device)
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
             raise ValueError(f"prefill: input_ids shape {tuple(input_ids.shape)}; expected [1, prompt_len]")
@@ -198,11 +228,13 @@ class EventGPTDecoder:
         out = self.model.model(inputs_embeds=inputs_embeds, cache=cache, use_cache=True)
         hidden = out.last_hidden_state[0, -1]  # [hidden], post final norm
         logits = self.model.lm_head(hidden)  # [vocab]
-        return Prefilled(logits=logits, hidden=hidden, cache=cache, prompt_len=int(cache.get_seq_length()))
+        return Prefilled(logits=logits.float(), hidden=hidden.float(), cache=cache,
+                         prompt_len=int(cache.get_seq_length()))
 
     @torch.no_grad()
     def score(self, tokens: torch.Tensor | Sequence[int], cache: Any) -> Scored:
-        """Append ``tokens`` ([k] or [1, k]) to ``cache`` in one forward; logits [k, vocab] and hidden [k, hidden]."""
+        """Append ``tokens`` ([k] or [1, k]) to ``cache`` in one forward; logits [k, vocab] and hidden [k, hidden]
+        (float32)."""
         ids = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)  # [1, k]
@@ -211,7 +243,7 @@ class EventGPTDecoder:
         out = self.model.model(input_ids=ids, cache=cache, use_cache=True)
         hidden = out.last_hidden_state[0]  # [k, hidden], post final norm
         logits = self.model.lm_head(hidden)  # [k, vocab]
-        return Scored(logits=logits, hidden=hidden)
+        return Scored(logits=logits.float(), hidden=hidden.float())
 
     def crop(self, cache: Any, length: int) -> None:
         crop_cache(cache, length)

@@ -8,7 +8,11 @@
   ``.pth``, ``.ckpt``, ``.pkl``) is refused before anything is read (convert it once with a trusted tool);
 - **strict**: missing, unexpected or mis-shaped keys are an error, never a silently random-initialised layer;
 - **dtype, device, quantization**: ``"float32" | "float16" | "bfloat16"``; ``"cpu" | "cuda" | "cuda:N"``;
-  ``None | "4bit" (NF4, double quantization, compute in ``dtype``) | "8bit"`` via bitsandbytes.
+  ``None | "4bit" (NF4, double quantization) | "8bit"`` via bitsandbytes. 4-bit matmuls compute in
+  ``compute_dtype`` (default: ``dtype``). The original research loaded both 7B models with one config,
+  ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4",
+  bnb_4bit_compute_dtype=torch.bfloat16)``, EventGPT in bf16 and Video-LLaVA in fp16: that is
+  ``quantization="4bit", compute_dtype="bfloat16"`` (:data:`ORIGINAL_4BIT_COMPUTE`), which the real pair uses.
 
 bitsandbytes on CPU (checked with bitsandbytes 0.50.2, torch 2.13 CPU): both 4-bit NF4 and 8-bit load and run. The
 CPU 4-bit kernel needs every quantized Linear's ``in_features`` to be a multiple of the block size (64), which every
@@ -24,7 +28,8 @@ from huggingface_hub.errors import StrictDataclassError
 
 from sdlib.core import headless
 
-__all__ = ["LoadError", "load_pretrained", "load_tokenizer", "check_checkpoint_dir", "torch_dtype", "DTYPES"]
+__all__ = ["LoadError", "load_pretrained", "load_tokenizer", "check_checkpoint_dir", "torch_dtype", "DTYPES",
+           "ORIGINAL_4BIT_COMPUTE", "quantization_config"]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -35,6 +40,7 @@ DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
 }
 QUANTIZATIONS = ("4bit", "nf4", "8bit")
+ORIGINAL_4BIT_COMPUTE = "bfloat16"  # bnb_4bit_compute_dtype of the original research, for both models
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
@@ -124,7 +130,9 @@ def check_checkpoint_dir(
     raise LoadError(f"{key}: {folder} has no *.safetensors weights{origin}", key=key, path=folder)
 
 
-def _quantization_config(quantization: str | None, dtype: torch.dtype) -> Any:
+def quantization_config(quantization: str | None, compute_dtype: str | torch.dtype = ORIGINAL_4BIT_COMPUTE) -> Any:
+    """The ``BitsAndBytesConfig`` for ``quantization`` (``None`` gives ``None``): 4-bit is NF4 with double
+    quantization computing in ``compute_dtype``; 8-bit is LLM.int8(). Raises :class:`LoadError` without bitsandbytes."""
     if quantization is None:
         return None
     if quantization not in QUANTIZATIONS:
@@ -144,7 +152,7 @@ def _quantization_config(quantization: str | None, dtype: torch.dtype) -> Any:
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_compute_dtype=torch_dtype(compute_dtype),
     )
 
 
@@ -168,19 +176,21 @@ def load_pretrained(
     dtype: str | torch.dtype = "float32",
     device: str = "cpu",
     quantization: str | None = None,
+    compute_dtype: str | torch.dtype | None = None,
     strict: bool = True,
     **kwargs: Any,
 ) -> Any:
     """Load ``model_cls`` from the local folder ``path`` (a transformers ``PreTrainedModel`` class).
 
-    ``key``/``profile``/``params_file`` say where ``path`` came from, for error messages only. Extra ``kwargs`` go to
+    ``key``/``profile``/``params_file`` say where ``path`` came from, for error messages only. ``compute_dtype`` is
+    the 4-bit matmul dtype (default ``dtype``; ignored without 4-bit). Extra ``kwargs`` go to
     ``model_cls.from_pretrained`` (e.g. ``visual_tower_path=`` for EventGPT). Returns the model in eval mode, on
     ``device``. With ``strict`` any missing, unexpected or mis-shaped key raises :class:`LoadError`.
     """
     folder = check_checkpoint_dir(path, key=key, profile=profile, params_file=params_file)
     dt = torch_dtype(dtype)
     dev = _check_device(device)
-    quant = _quantization_config(quantization, dt)
+    quant = quantization_config(quantization, dt if compute_dtype is None else compute_dtype)
     for forbidden in ("local_files_only", "use_safetensors", "output_loading_info"):
         if forbidden in kwargs:
             raise LoadError(f"load_pretrained: {forbidden}= is fixed by the loader and cannot be passed")
@@ -234,7 +244,7 @@ def load_tokenizer(
     kwargs.pop("local_files_only", None)
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:  # ImportError: a tokenizer.model-only folder needs sentencepiece
         raise LoadError(
             f"{key}: {folder}{_origin(profile, params_file)}: no usable tokenizer ({exc})", key=key, path=folder
         ) from exc
