@@ -10,7 +10,7 @@ PROFILE ?= default
 STAGE ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: book test test-fast run stages html lab clean browser venv mathjax
+.PHONY: book test test-fast run stages html lab clean clean-all browser venv mathjax
 
 # ---- set-up -------------------------------------------------------------------------------------------------
 venv: $(STAMP)
@@ -50,8 +50,10 @@ run: venv
 	@test -n "$(STAGE)" || { echo "usage: make run STAGE=NN_name PROFILE=smoke|default|real"; exit 2; }
 	$(PY) -m sdlib run $(STAGE) --profile $(PROFILE)
 
+# JupyterLab on the repository, kernels not headless (sdlib.runner.lab_command). LAB_ARGS go to `jupyter lab`, e.g.
+# make lab LAB_ARGS="--no-browser --port=8899"; the browser test starts the same command.
 lab: venv
-	$(VENV)/bin/jupyter lab --notebook-dir=.
+	$(PY) -m sdlib lab $(LAB_ARGS)
 
 # ---- tests --------------------------------------------------------------------------------------------------
 # -v and unbuffered output: a CI log that is cut short still shows the last test that ran; SIGINT after 60 min
@@ -63,5 +65,13 @@ test: venv mathjax browser
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
+# `clean` keeps the cached world data sets and trained models: they carry the fingerprint of the code that made them
+# and are rebuilt by `make book` when that code changes (sdlib/fingerprint.py). `clean-all` removes them too, forcing a
+# full rebuild (e.g. after upgrading torch or transformers, which the fingerprints do not cover).
+DATA := $(or $(SDLIB_DATA_DIR),data)
+
 clean:
-	rm -rf _build book/stages/*.ipynb data/results data/failed data/interim .pytest_cache
+	rm -rf _build book/stages/*.ipynb $(DATA)/results $(DATA)/failed $(DATA)/interim .pytest_cache
+
+clean-all: clean
+	rm -rf $(DATA)/world $(DATA)/models $(DATA)/dsec

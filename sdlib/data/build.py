@@ -2,13 +2,19 @@
 
 Both go through :class:`sdlib.data.layout.DatasetWriter`, so both are resumable clip by clip: a rerun skips
 finished clips, a killed run leaves no half-written clip, and a clip with bad input is recorded in the manifest
-and skipped.  A complete world data set whose build specification has not changed is reported as
-"already built" without touching a file.
+and skipped.  A complete world data set whose build specification has not changed, built by the code running now,
+is reported as "already built" without touching a file.
+
+Each world split records the fingerprint of the code that builds it (:func:`sdlib.fingerprint.world_fingerprint`:
+every ``sdlib`` module the world build imports): in ``code_fingerprint.json``, written before its first clip, and in
+its manifest (key ``code``). A split built, or partly built, by other code is deleted and rebuilt, with a log line
+naming the files that changed (DESIGN.md, correctness principle 8).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +25,13 @@ import numpy as np
 from sdlib.data.errors import DataError
 from sdlib.data.layout import (DEFAULT_SPLIT_FRACTIONS, MANIFEST_JSON, ClipData, DatasetWriter, assign_split,
                                check_disjoint, read_manifest)
+from sdlib.fingerprint import CodeFingerprint, world_fingerprint
 
 SPLITS = ("train", "val", "test")
 SPEC_JSON = "build.json"
 SPEC_FORMAT = "sdlib.data.world/1"
 SPLIT_SALT = "sdlib.world.split.v1"
+CODE_JSON = "code_fingerprint.json"  # per split: the fingerprint of the code that writes its clips
 
 
 @dataclass(frozen=True)
@@ -99,14 +107,43 @@ def _check_spec(root: Path, spec: WorldSpec) -> None:
         tmp.replace(path)
 
 
-def _complete(root: Path, expected: dict[str, list[str]]) -> dict[str, dict[str, Any]] | None:
-    """The manifests if every split is finalized with exactly the expected clips finished, else None."""
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def recorded_code(split_dir: Path) -> dict[str, Any] | None:
+    """The code fingerprint (JSON) a split folder was built, or started to be built, by; None if none is recorded."""
+    path = Path(split_dir) / CODE_JSON
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _discard_other_code(split_dir: Path, code: CodeFingerprint, log) -> bool:
+    """Delete a split folder whose clips were written by other code than ``code`` (or by code that recorded no
+    fingerprint), saying why; True if it was deleted."""
+    if not split_dir.is_dir() or not any(split_dir.iterdir()):
+        return False
+    changes = code.changes(recorded_code(split_dir))
+    if not changes:
+        return False
+    shown = ", ".join(changes[:6]) + (f" and {len(changes) - 6} more" if len(changes) > 6 else "")
+    log(f"code changed since {split_dir} was built ({shown}; world code now {code.short}): rebuilding it")
+    shutil.rmtree(split_dir)
+    return True
+
+
+def _complete(root: Path, expected: dict[str, list[str]],
+              code: CodeFingerprint) -> dict[str, dict[str, Any]] | None:
+    """The manifests if every split is finalized by ``code`` with exactly the expected clips finished, else None."""
     manifests = {}
     for split in SPLITS:
         if not (root / split / MANIFEST_JSON).is_file():
             return None
         m = read_manifest(root / split)
         if sorted(m.get("finished", [])) != sorted(expected[split]) or m["counts"]["failed"]:
+            return None
+        if (m.get("code") or {}).get("digest") != code.digest:
             return None
         manifests[split] = m
     return manifests
@@ -165,16 +202,22 @@ def build_world(spec: WorldSpec, root: Path | None = None, progress: bool = True
     if spec.n_scenes < 1:
         raise ValueError(f"n_scenes={spec.n_scenes}: expected at least 1")
     _check_spec(root, spec)
+    code = world_fingerprint()
+    for split in SPLITS:
+        _discard_other_code(root / split, code, log)
     expected: dict[str, list[str]] = {s: [] for s in SPLITS}
     for s in range(spec.n_scenes):
         expected[scene_split(s, spec)].append(clip_id(s))
-    done = _complete(root, expected)
+    done = _complete(root, expected, code)
     if done is not None:
-        log(f"already built: {root} ({sum(m['counts']['clips'] for m in done.values())} clips)")
+        log(f"already built: {root} ({sum(m['counts']['clips'] for m in done.values())} clips, "
+            f"world code {code.short})")
         return BuildReport(root, True, done, time.perf_counter() - t0, 0)
 
     w, h = spec.sensor_size
     writers = {s: DatasetWriter(root, s, sensor_hw=(h, w)) for s in SPLITS}
+    for split in SPLITS:  # before any clip, so a killed build is resumed only by the same code
+        _write_json(root / split / CODE_JSON, code.to_json())
     built = 0
     for s in bar(range(spec.n_scenes), desc=f"world {spec.name}", unit="clip", **({} if progress else {"disable": True})):
         writer = writers[scene_split(s, spec)]
@@ -183,6 +226,9 @@ def build_world(spec: WorldSpec, root: Path | None = None, progress: bool = True
         writer.add_clip(clip_id(s), lambda s=s: world_clip_data(s, spec, root / "scenes"))
         built += 1
     manifests = {s: writers[s].finalize() for s in SPLITS}
+    for split, m in manifests.items():
+        m["code"] = code.to_json()
+        _write_json(root / split / MANIFEST_JSON, m)
     check_disjoint([root / s for s in SPLITS])
     report = BuildReport(root, False, manifests, time.perf_counter() - t0, built)
     log(f"built {built} clips into {root} in {report.seconds:.1f} s; counts {report.counts}")
