@@ -20,6 +20,12 @@ def headless() -> bool:
     return bool(os.environ.get(HEADLESS_ENV) or os.environ.get("CI"))
 
 
+def run_profile() -> str:
+    """The profile this run was started with (the runner passes it to the kernel), or ``interactive`` when a
+    notebook is run by hand. Every published page states it."""
+    return os.environ.get("SDLIB_PROFILE") or "interactive"
+
+
 def progress(iterable: Iterable | None = None, **kwargs: Any):
     """A tqdm progress bar that is silent when :func:`headless` (explicit, so it does not depend on import order)."""
     from tqdm.auto import tqdm

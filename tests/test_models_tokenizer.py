@@ -1,5 +1,5 @@
-"""The scale model's word-level tokenizer (deterministic vocabulary, special tokens, save/load) and the drafter/target
-tokenizer pairing (identity for one vocabulary, string intersection and coverage for two)."""
+"""The scale model's byte-fallback BPE tokenizer (deterministic merges, no <unk>, sub-word pieces, special tokens,
+save/load) and the drafter/target tokenizer pairing (identity for one vocabulary, string intersection otherwise)."""
 import json
 import random
 import subprocess
@@ -11,14 +11,17 @@ import torch
 
 from sdlib.models.pairing import UNMAPPED, pair_tokenizers
 from sdlib.models.tokenizer import (
+    BYTE_TOKENS,
+    SPACE,
     SPECIAL_TOKENS,
-    build_backend,
-    build_vocab,
+    learn_bpe,
     load_tokenizer,
+    pieces,
     save_tokenizer,
-    split_words,
+    tokens_per_word,
     train_tokenizer,
-    unk_rate,
+    unk_count,
+    vocab_summary,
 )
 
 CORPUS = [
@@ -28,87 +31,101 @@ CORPUS = [
     "The road is wet. A cyclist in green rides on the right.",
     "What is the layout of the road in the scene?",
     "The ego vehicle's lane is clear, and two trucks are parked on the right.",
-]
+] * 4
+SIZE = 400  # small enough that rarer words split
 
 
-def test_special_tokens_have_fixed_ids_and_named_attributes():
-    tok = train_tokenizer(CORPUS)
+def test_special_and_byte_tokens_have_fixed_ids():
+    tok = train_tokenizer(CORPUS, SIZE)
     assert [tok.convert_tokens_to_ids(s) for s in SPECIAL_TOKENS] == list(range(7))
+    assert [tok.convert_tokens_to_ids(b) for b in BYTE_TOKENS] == list(range(7, 7 + 256))
     assert (tok.pad_token_id, tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2, 3)
     assert (tok.image_token, tok.video_token, tok.event_token) == ("<image>", "<video>", "<event>")
-    ids = tok("a <video><video> b <event>\n")["input_ids"]
-    # <s> prepended; specials are single tokens even when adjacent; the newline is a token
-    assert tok.convert_ids_to_tokens(ids) == ["<s>", "a", "<video>", "<video>", "<unk>", "<event>", "\n"]
+    assert len(tok) == SIZE and vocab_summary(tok)["merges"] > 0
+    toks = tok.convert_ids_to_tokens(tok("a <video><video> b <event>\n")["input_ids"])
+    # <s> prepended; specials are single tokens even when adjacent; a newline falls back to its byte, as in Llama
+    assert toks[0] == "<s>" and toks.count("<video>") == 2 and "<event>" in toks and toks[-1] == "<0x0A>"
 
 
-def test_vocab_orders_words_by_count_then_spelling():
-    vocab = build_vocab(["b a b c", "c b z"])
-    words = [w for w, _ in sorted(vocab.items(), key=lambda kv: kv[1])][7:]
-    assert words == ["b", "c", "a", "z"]  # b x3, c x2, then a and z (x1) alphabetically
-    assert len(build_vocab(["b a b c", "c b z"], min_frequency=2)) == 7 + 2
-    assert len(build_vocab(["b a b c", "c b z"], max_size=9)) == 9
+def test_never_unk_and_round_trips_any_text():
+    tok = train_tokenizer(CORPUS, SIZE)
+    texts = CORPUS + ["Zürich, 7 °C: a purple ☃ crosses!\nNew line.", "QQQ xyz 123", "tab\there"]
+    assert unk_count(tok, texts) == 0
+    for text in texts:
+        ids = tok(text)["input_ids"]
+        assert tok.unk_token_id not in ids
+        assert tok.decode(ids, skip_special_tokens=True) == text.replace("<video>", "")
+    # characters never seen in the corpus are spelled by their UTF-8 bytes
+    assert tok.convert_ids_to_tokens(tok("☃", add_special_tokens=False)["input_ids"])[-3:] == [
+        "<0xE2>", "<0x98>", "<0x83>"]
 
 
-def test_same_corpus_gives_the_same_vocab_in_any_order_and_any_process():
-    a = train_tokenizer(CORPUS)
+def test_frequent_words_are_one_piece_and_rare_words_split():
+    tok = train_tokenizer(CORPUS, SIZE)
+
+    def enc(word):
+        return tok.convert_ids_to_tokens(tok(word, add_special_tokens=False)["input_ids"])
+
+    assert enc("the") == [SPACE + "the"]  # the most frequent word
+    assert len(enc("elements")) > 1  # rarer: split into sub-word pieces
+    assert "".join(enc("elements")) == SPACE + "elements"
+    assert 1.0 < tokens_per_word(tok, CORPUS) < 3.0
+    assert tokens_per_word(train_tokenizer(CORPUS, 600), CORPUS) < tokens_per_word(tok, CORPUS)
+
+
+def test_merges_follow_the_documented_rule():
+    vocab, merges = learn_bpe(["aab aab aab ab"], vocab_size=7 + 256 + 3 + 2)
+    # pieces ▁aab x3 (the first gets the prepended ▁), ▁ab x1; alphabet by count: a (7), then b and ▁ (4 each),
+    # tied, by spelling ("b" < "▁")
+    assert list(vocab)[263:266] == ["a", "b", SPACE]
+    # pair counts: (▁,a) 4, (a,a) 3, (a,b) 4: the tie of (a,b) and (▁,a) goes to the smaller spelling
+    assert merges[0] == ("a", "b")
+    # then: (▁,a) 3 [▁a|ab] vs (a,ab) 3 vs (▁,ab) 1: tie of (▁,a) and (a,ab) -> ("a", "ab") < ("▁", "a")
+    assert merges[1] == ("a", "ab")
+
+
+def test_pieces_match_the_encoder_and_only_the_first_chunk_gets_the_prefix():
+    tok = train_tokenizer(CORPUS, SIZE)
+    for text in CORPUS[:6] + ["USER: <video>\nWhat is it?"]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        joined = "".join(t for t in tok.convert_ids_to_tokens(ids) if t not in SPECIAL_TOKENS)
+        assert joined.replace("<0x0A>", "\n") == "".join(pieces(text))
+    assert pieces("USER: <video>\nWhat") == [SPACE + "USER", ":", SPACE, "\n", "What"]
+
+
+def test_same_corpus_gives_the_same_tokenizer_in_any_order_and_any_process():
+    a = train_tokenizer(CORPUS, SIZE)
     shuffled = CORPUS[:]
     random.Random(3).shuffle(shuffled)
-    b = train_tokenizer(shuffled)
-    assert a.get_vocab() == b.get_vocab()
-    assert build_backend(build_vocab(CORPUS)).to_str() == build_backend(build_vocab(shuffled)).to_str()
-    # a fresh interpreter (its own hash seed) builds the same table
-    code = (
-        "import json, sys; from sdlib.models.tokenizer import build_vocab; "
-        "print(json.dumps(build_vocab(json.loads(sys.stdin.read()))))"
-    )
+    assert a.backend_tokenizer.to_str() == train_tokenizer(shuffled, SIZE).backend_tokenizer.to_str()
+    code = ("import json, sys; from sdlib.models.tokenizer import learn_bpe; "
+            f"print(json.dumps(learn_bpe(json.loads(sys.stdin.read()), {SIZE})))")
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(CORPUS), capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1], env={"PYTHONHASHSEED": "123", "PATH": ""})
-    assert json.loads(out.stdout) == build_vocab(CORPUS)
-    # a different corpus gives a different table
-    assert build_vocab(CORPUS[:3]) != build_vocab(CORPUS)
-
-
-def test_split_rule_matches_the_worlds_token_count():
-    assert split_words("The ego vehicle's lane is clear, isn't it?") == [
-        "The", "ego", "vehicle's", "lane", "is", "clear", ",", "isn't", "it", "?"]
-    qa = pytest.importorskip("sdlib.world.qa")  # the world's own word counter (same rule, no newline)
-    for q in qa.QUESTIONS:
-        assert split_words(q) == qa.tokenize(q)
-
-
-def test_decode_round_trips_sentences_and_unknown_words_count():
-    tok = train_tokenizer(CORPUS)
-    for text in CORPUS[1:] + ["What is it (the light)? A two-lane road: 50% wet.\nYes."]:
-        ids = tok(text)["input_ids"]
-        assert len(ids) == 1 + len(split_words(text))  # one token per word or mark, plus <s>
-        if "(" not in text:  # the last text has words outside the vocabulary
-            assert tok.decode(ids, skip_special_tokens=True) == text
-    spaced = tok.convert_tokens_to_string(split_words("What is it (the light)? A two-lane road: 50% wet.\nYes."))
-    assert spaced == "What is it (the light)? A two-lane road: 50% wet.\nYes."
-    prompt = "<s> USER: <video>\nWhat are the key elements in this scene? ASSISTANT:"
-    assert tok.decode(tok(CORPUS[0])["input_ids"]) == prompt
-    assert unk_rate(tok, ["two purple cars ahead"]) == pytest.approx(0.25)
-    assert unk_rate(tok, CORPUS) == 0.0
+    vocab, merges = json.loads(out.stdout)
+    ref_vocab, ref_merges = learn_bpe(CORPUS, SIZE)
+    assert vocab == ref_vocab and [tuple(m) for m in merges] == ref_merges
+    assert learn_bpe(CORPUS[:3], SIZE)[1] != ref_merges
 
 
 def test_save_and_load_round_trip(tmp_path):
-    tok = train_tokenizer(CORPUS)
+    tok = train_tokenizer(CORPUS, SIZE)
     loaded = load_tokenizer(save_tokenizer(tok, tmp_path / "tok"))
     assert loaded.get_vocab() == tok.get_vocab() and len(loaded) == len(tok)
-    for text in CORPUS + ["unknown words <video> here"]:
+    for text in CORPUS + ["unknown wörds <video> here"]:
         assert loaded(text)["input_ids"] == tok(text)["input_ids"]
     assert (loaded.eos_token_id, loaded.video_token, loaded.event_token) == (3, "<video>", "<event>")
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         load_tokenizer(tmp_path / "missing")
 
 
-def test_bad_corpora_are_rejected_with_the_reason():
-    with pytest.raises(ValueError, match="no words"):
-        build_vocab(["", "   ", "<video>"])
+def test_bad_corpora_and_sizes_are_rejected_with_the_reason():
+    with pytest.raises(ValueError, match="no text"):
+        learn_bpe(["", "<video>"])
     with pytest.raises(TypeError, match="corpus item 1"):
-        build_vocab(["fine", 3])
-    with pytest.raises(ValueError, match="min_frequency"):
-        build_vocab(CORPUS, min_frequency=0)
+        learn_bpe(["fine", 3])
+    with pytest.raises(ValueError, match="vocab_size=270"):
+        learn_bpe(CORPUS, 270)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -116,44 +133,48 @@ def test_bad_corpora_are_rejected_with_the_reason():
 
 
 def test_same_vocabulary_pairs_as_identity(tmp_path):
-    tok = train_tokenizer(CORPUS)
+    tok = train_tokenizer(CORPUS, SIZE)
     other = load_tokenizer(save_tokenizer(tok, tmp_path / "t"))
     p = pair_tokenizers(tok, other, sample_texts=CORPUS)
     assert p.identical
     assert torch.equal(p.draft_to_target, torch.arange(len(tok)))
     assert torch.equal(p.target_to_draft, torch.arange(len(tok)))
     assert p.vocab_coverage == 1.0 and p.text_coverage == 1.0
-    assert p.n_sample_tokens == sum(len(split_words(t)) + t.count("<video>") for t in CORPUS)
+    assert p.n_sample_tokens == sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in CORPUS)
 
 
-def test_same_words_with_other_ids_map_fully_but_not_as_identity():
-    drafter = train_tokenizer(CORPUS)
-    target = train_tokenizer(CORPUS + ["right right right right road road road road"])  # shifts frequency ranks
+def test_same_pieces_with_other_ids_map_fully_but_not_as_identity():
+    drafter = train_tokenizer(CORPUS, SIZE)
+    # more of two words shifts the merge order (and so the ids) but, with room for every piece, not the pieces
+    target = train_tokenizer(CORPUS + ["right right right right road road road road"], SIZE + 200)
     p = pair_tokenizers(drafter, target)
-    assert not p.identical and p.vocab_coverage == 1.0
-    assert not torch.equal(p.draft_to_target, torch.arange(len(drafter)))
-    ids = torch.arange(len(drafter))
+    assert not p.identical
+    shared = set(drafter.get_vocab()) & set(target.get_vocab())
+    assert p.vocab_coverage == pytest.approx(len(shared) / len(drafter))
+    ids = torch.tensor([drafter.convert_tokens_to_ids(t) for t in sorted(shared)])
     assert drafter.convert_ids_to_tokens(ids.tolist()) == target.convert_ids_to_tokens(p.to_target(ids).tolist())
     assert torch.equal(p.to_draft(p.to_target(ids)), ids)
 
 
 def test_different_vocabularies_map_their_string_intersection():
-    drafter = train_tokenizer(["the red car stops", "a bus turns left"])
-    target = train_tokenizer(["the blue car stops", "a truck turns right"])
+    drafter = train_tokenizer(["the red car stops", "a bus turns left"] * 3, 7 + 256 + 70)
+    target = train_tokenizer(["the blue car stops", "a truck turns right"] * 3, 7 + 256 + 70)
     p = pair_tokenizers(drafter, target, sample_texts=["the red bus stops", "a car"])
-    d_words = {"the", "red", "car", "stops", "a", "bus", "turns", "left"}
-    shared = {"the", "car", "stops", "a", "turns"}
-    assert not p.identical
-    assert p.vocab_coverage == pytest.approx((7 + len(shared)) / (7 + len(d_words)))
-    for token, d_id in drafter.get_vocab().items():
+    d_vocab, t_vocab = drafter.get_vocab(), target.get_vocab()
+    shared = set(d_vocab) & set(t_vocab)
+    assert not p.identical and SPACE + "car" in shared and SPACE + "red" not in t_vocab
+    assert p.vocab_coverage == pytest.approx(len(shared) / len(d_vocab))
+    for token, d_id in d_vocab.items():
         t_id = int(p.draft_to_target[d_id])
-        if token in shared or token in SPECIAL_TOKENS:
+        if token in shared:
             assert target.convert_ids_to_tokens(t_id) == token
             assert int(p.target_to_draft[t_id]) == d_id
         else:
             assert t_id == UNMAPPED
-    # sample: the red bus stops | a car -> 6 drafter tokens, "red" and "bus" unmapped
-    assert p.n_sample_tokens == 6 and p.text_coverage == pytest.approx(4 / 6)
-    assert p.summary()["mapped"] == 7 + len(shared)
+    sample = [drafter(t, add_special_tokens=False)["input_ids"] for t in ["the red bus stops", "a car"]]
+    flat = [i for ids in sample for i in ids]
+    mapped = sum(drafter.convert_ids_to_tokens(i) in shared for i in flat)
+    assert p.n_sample_tokens == len(flat) and p.text_coverage == pytest.approx(mapped / len(flat)) and mapped < len(flat)
+    assert p.summary()["mapped"] == len(shared)
     with pytest.raises(ValueError, match="drafter vocabulary"):
         p.to_target(torch.tensor([len(drafter)]))

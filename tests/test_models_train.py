@@ -1,6 +1,9 @@
 """Scale-model training: prefix sharing is exact, a killed run resumes to the same weights, checkpoints are
 safetensors, and a finished pair is reused from the cache."""
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +166,108 @@ def test_trained_pair_is_cached(world, tmp_path):
     drafter, target = scale.load_pair(first["dir"])
     assert drafter.model.config.hidden_size == TINY.drafter_hidden
     assert not list(Path(first["dir"]).rglob("*.bin"))
+
+
+# A child process trains a tiny drafter and dies (os._exit, like SIGKILL: no cleanup) at its n-th file event: a
+# safetensors/JSON file written, or a rename about to happen (so both "file written, not yet renamed" and "renamed"
+# states are hit). The parent then resumes in a fresh process and compares the final weights bit for bit.
+_CHILD = textwrap.dedent("""
+    import json, os, pathlib, sys
+    import safetensors.torch as st
+    from sdlib.models import scale, train as T
+    from sdlib.models.tokenizer import train_tokenizer
+    world, out, kill_at = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+    events = [0]
+    def event():
+        events[0] += 1
+        if events[0] == kill_at:
+            os._exit(137)
+    real_replace, real_save, real_write = os.replace, st.save_file, pathlib.Path.write_text
+    def replace(a, b):
+        event(); real_replace(a, b)
+    def save_file(*a, **k):
+        real_save(*a, **k); event()
+    def write_text(self, *a, **k):
+        n = real_write(self, *a, **k); event(); return n
+    os.replace, st.save_file, pathlib.Path.write_text = replace, save_file, write_text
+    sizes = scale.ScaleSizes(**json.loads(sys.argv[4]))
+    cfg = T.TrainConfig(**json.loads(sys.argv[5]))
+    tok = train_tokenizer(scale.world_corpus(world / "train"))
+    drafter, _ = scale.make_decoders(tok, sizes, seed=cfg.seed)
+    train = scale.clip_examples("drafter", drafter, world / "train", sizes, max_clips=3)
+    val = scale.clip_examples("drafter", drafter, world / "val", sizes, max_clips=1)
+    res = T.train_model(drafter.model, T.DrafterLM(drafter.model), train, val, cfg, out, tok.pad_token_id,
+                        log=lambda *_: None)
+    print(json.dumps({"events": events[0], "steps": res.steps, "stopped_early": res.stopped_early,
+                      "resumed_from": res.resumed_from}))
+""")
+
+
+def _child(world, out, kill_at, cfg):
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(world), str(out), str(kill_at),
+                           json.dumps(TINY.to_dict()), json.dumps(cfg.to_dict())],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["full_run", "early_stop"])
+def test_kill_at_any_file_event_resumes_to_identical_weights(world, tmp_path, case):
+    from safetensors.torch import load_file
+
+    if case == "full_run":  # three evaluations, improving: best is rewritten, no early stop
+        cfg = TrainConfig(epochs=2, eval_every=2, val_clips=1, warmup_steps=1, patience=99, seed=3)
+    else:  # a learning rate far too high: validation loss rises and training stops early
+        cfg = TrainConfig(epochs=4, eval_every=1, val_clips=1, warmup_steps=1, patience=1, lr=0.5, seed=4)
+    ref = _child(world, tmp_path / "ref", -1, cfg)
+    assert ref.returncode == 0, ref.stderr
+    info = json.loads(ref.stdout.strip().splitlines()[-1])
+    assert info["stopped_early"] == (case == "early_stop")
+    n = info["events"]
+    reference = load_file(str(tmp_path / "ref" / "best.safetensors"))
+    # the first checkpoint half written, a later one mid-way, and the final export half done (after early stopping
+    # in the second case); each kill leaves a different mix of complete and temporary files behind
+    for kill_at in sorted({3, n // 2, n - 1}):
+        run = tmp_path / f"kill{kill_at}"
+        died = _child(world, run, kill_at, cfg)
+        assert died.returncode == 137, (kill_at, died.stderr)
+        again = _child(world, run, -1, cfg)
+        assert again.returncode == 0, (kill_at, again.stderr)
+        resumed = load_file(str(run / "best.safetensors"))
+        assert resumed.keys() == reference.keys()
+        for k in reference:
+            assert torch.equal(resumed[k], reference[k]), (kill_at, k)
+        assert not list(run.glob("*.tmp")) and len(list(run.glob("ckpt-*"))) == 1
+
+
+def test_damaged_checkpoint_or_model_folder_is_an_error_naming_the_file(world, pair, tmp_path):
+    tok, drafter, _ = pair
+    train = scale.clip_examples("drafter", drafter, world / "train", TINY, max_clips=1)
+    cfg = TrainConfig(epochs=1, eval_every=1, val_clips=1, warmup_steps=1)
+    model = scale.build_drafter(tok, TINY, seed=0)
+    train_model(model, DrafterLM(model), train, train, cfg, tmp_path / "run", tok.pad_token_id, log=lambda *_: None)
+    (ckpt,) = list((tmp_path / "run").glob("ckpt-*"))
+    (ckpt / "optim.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="optim.safetensors is missing"):
+        train_model(model, DrafterLM(model), train, train, cfg, tmp_path / "run", tok.pad_token_id,
+                    log=lambda *_: None)
+    # a trained pair whose model file is gone, or whose weights lack a layer, is refused at load time
+    kw = dict(max_train_clips=1, max_val_clips=1, parallel=False, progress=False, log=lambda *_: None)
+    rec = scale.train_pair(world, TINY, cfg, tmp_path / "models", **kw)
+    target_file = Path(rec["dir"]) / "target" / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+    weights = load_file(str(target_file))
+    dropped = sorted(weights)[-1]
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(target_file))
+    with pytest.raises(ValueError, match="does not fit the model"):
+        scale.load_pair(rec["dir"])
+    target_file.unlink()
+    with pytest.raises(FileNotFoundError, match="target/model.safetensors is missing"):
+        scale.load_pair(rec["dir"])
+
+
+def test_initial_weights_follow_the_training_seed(pair):
+    tok = pair[0]
+    a, b, c = (scale.build_drafter(tok, TINY, seed=s) for s in (0, 0, 1))
+    wa, wb, wc = (next(m.model.layers[0].parameters()) for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)

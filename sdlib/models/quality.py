@@ -1,52 +1,254 @@
-"""Answer quality of the scale models and the drafter/target agreement (stage 01_models).
+"""Answer quality of a drafter/target pair and their token agreement (stage 01_models).
 
-*Answer facts*: the words of an answer that carry scene facts (object kinds, colours, counts, light states,
-illumination, static structure, motion).  A generated answer is scored against the reference answer of the same
-view and question by fact precision and recall, and by whether its fact set matches the reference exactly.
+**Facts.** An answer's facts are its words that carry scene content, each tagged with its kind:
 
-*Agreement*: the drafter, teacher-forced on the target's greedy answer, predicts the target's next token; the
-fraction it gets right is the per-token acceptance a greedy verifier would see, i.e. the cross-modal gap in one
-number.  The exact-match rate of the two greedy answers is reported beside it.
+========  ===============================================================  ==========================
+kind      words                                                            canonical value
+========  ===============================================================  ==========================
+object    road-user nouns: car, passenger car, lorry, bus, cyclist, ...     the road-user kind
+colour    paint and clothing colours (``a red car``, ``wearing green``)     the colour
+count     number words before a road user, a static object or ``more``      the number
+light     the traffic light's state (``turns amber``, ``from red to``)      the state
+motion    what a road user (or the ego car) does: parked, crossing, ...    one of 9 motion classes
+static    buildings, trees, poles, street lamps                             the kind
+layout    lanes, two-way, dashed line, intersection, zebra crossing, ...   the word
+setting   time of day and surroundings: night, dusk, suburban, ...          the word
+========  ===============================================================  ==========================
+
+A colour word is a light state when it is not a vehicle's or a person's colour (not before a road-user noun, not
+after ``in``/``wearing``/``dressed``), e.g. ``the light is green``. A generated answer is scored against the
+reference answer *of its own view* by the multiset of (kind, value) facts: recall (share of the reference's facts it
+states), precision (share of its facts the reference states), per kind and overall. **RGB-only facts** are those of
+the RGB reference that the event reference of the same prompt lacks (colours, static objects while the ego stands
+still, light states the events cannot see, objects events miss): the target should state them, the drafter cannot
+know them.
+
+**Agreement.** The drafter, fed the target's greedy answer token by token (teacher forcing), predicts the target's
+next token; the per-position match vector says, for every token of the target's answer, whether the drafter's
+prediction equals it. For greedy verification this vector determines everything a speculative decoder with that
+drafter would see: a round with draft length ``k`` starting at position ``i`` accepts the run of matches from ``i``
+(at most ``k``) and adds the target's own token (:func:`round_accepts`). Tokens are split into *fact* tokens (inside
+a fact word) and *template* tokens (everything else) by the word they belong to.
+
+**Fluency.** The share of answers that repeat a word trigram (the references' own share is printed beside it,
+since a template can legitimately repeat one) and the share that run to the token limit without ending; and the
+per-token perplexity of each model on its own view's test references, beside a unigram model of the training
+answers.
 """
 from __future__ import annotations
 
+import math
+import re
 from collections import Counter
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 
-from sdlib.world.qa import _NUMBERS, tokenize
-from sdlib.world.scene import COLOURS, ILLUMINATIONS, LIGHT_STATES, ROAD_USER_KINDS, STATIC_KINDS
+FACT_KINDS: tuple[str, ...] = ("object", "colour", "count", "light", "motion", "static", "layout", "setting")
+REPORTED_KINDS: tuple[str, ...] = ("object", "colour", "count", "light", "motion", "static")  # the issue's six
 
-_PLURALS = {"buses": "bus", "pedestrians": "pedestrian", "people": "pedestrian", "bicycles": "bicycle",
-            "cyclists": "bicycle", "cyclist": "bicycle", "trucks": "truck", "lorries": "truck", "lorry": "truck",
-            "cars": "car", "buildings": "building", "trees": "tree", "poles": "pole", "streetlamps": "streetlamp",
-            "lamps": "streetlamp"}
-FACT_WORDS = frozenset(
-    {*ROAD_USER_KINDS, *COLOURS, *LIGHT_STATES, *ILLUMINATIONS, *STATIC_KINDS, *_NUMBERS,
-     "stopped", "moving", "parked", "crossing", "oncoming", "ahead", "left", "right", "sidewalk", "lane", "lanes",
-     "traffic", "light", "switching", "switches", "switched"}
-)
+_WORD = re.compile(r"[A-Za-z0-9]+(?:'[a-z]+)?|[^\sA-Za-z0-9]")
+_NUMBER_WORDS = {"no": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+                 "eight": "8", "nine": "9", "ten": "10"}
+_OBJECTS = {"car": "car", "cars": "car", "truck": "truck", "trucks": "truck", "lorry": "truck", "lorries": "truck",
+            "bus": "bus", "buses": "bus", "cyclist": "bicycle", "cyclists": "bicycle", "bicycle": "bicycle",
+            "bicycles": "bicycle", "pedestrian": "pedestrian", "pedestrians": "pedestrian", "person": "pedestrian",
+            "people": "pedestrian", "vehicle": "vehicle", "vehicles": "vehicle"}
+_NOUN_MODIFIERS = {"passenger"}  # "passenger car": tagged with the noun, no fact of its own
+_COLOURS = {"white", "silver", "grey", "black", "red", "blue", "green", "yellow", "orange", "brown", "amber"}
+_LIGHT_STATES = {"red", "amber", "green"}
+_COLOUR_CUES = {"in", "wearing", "dressed"}
+_MOTION = {"parked": "parked", "stopped": "stopped", "waiting": "stopped", "stationary": "stopped",
+           "still": "stopped", "crossing": "crossing", "crosses": "crossing", "cross": "crossing",
+           "stepping": "crossing", "walking": "walking", "walks": "walking", "strolling": "walking",
+           "walk": "walking", "standing": "standing", "stands": "standing", "riding": "riding",
+           "rides": "riding", "cycling": "riding", "coming": "oncoming", "approaches": "oncoming",
+           "approaching": "oncoming", "towards": "oncoming", "oncoming": "oncoming", "away": "away",
+           "travels": "moving", "driving": "moving", "moving": "moving", "drives": "moving", "flowing": "moving",
+           "pass": "moving"}
+_STATICS = {"building": "building", "buildings": "building", "tree": "tree", "trees": "tree", "pole": "pole",
+            "poles": "pole", "streetlamp": "streetlamp", "streetlamps": "streetlamp", "lamps": "streetlamp"}
+_LAYOUT = {"lane", "lanes", "way", "dashed", "solid", "double", "intersection", "zebra", "crosswalk", "straight",
+           "curves", "bends", "bend", "curve"}
+_SETTING = {"day", "daylight", "dusk", "twilight", "evening", "night", "dark", "darkness", "city", "urban",
+            "suburban", "town"}
+
+
+def words_of(text: str) -> list[str]:
+    """Words and punctuation marks of ``text`` (the unit facts are tagged on)."""
+    return _WORD.findall(text)
+
+
+def tag_words(words: Sequence[str]) -> list[tuple[str, str | None] | None]:
+    """Per word: ``(kind, value)`` for a fact word (value None for a word that is part of a fact but adds none,
+    e.g. ``passenger`` in ``passenger car``), or None for a template word."""
+    lw = [w.lower() for w in words]
+    n = len(lw)
+    tags: list[tuple[str, str | None] | None] = [None] * n
+
+    def noun_at(j: int) -> bool:
+        return 0 <= j < n and (lw[j] in _OBJECTS or lw[j] in _NOUN_MODIFIERS or lw[j] in _STATICS
+                               or lw[j] == "street")
+
+    for i, w in enumerate(lw):
+        nxt = lw[i + 1] if i + 1 < n else ""
+        prv = lw[i - 1] if i else ""
+        if w in _OBJECTS:
+            # "person on a bicycle" / "people on bicycles" is a cyclist: the bicycle word carries the fact
+            if w in ("person", "people") and nxt == "on" and i + 2 < n and lw[i + 2] in ("a", "bicycles"):
+                tags[i] = ("object", None)
+            else:
+                tags[i] = ("object", _OBJECTS[w])
+        elif w in _NOUN_MODIFIERS and i + 1 < n and lw[i + 1] in _OBJECTS:
+            tags[i] = ("object", None)
+        elif w == "street" and nxt in ("lamp", "lamps"):
+            tags[i] = ("static", None)
+        elif w in ("lamp", "lamps") and prv == "street":
+            tags[i] = ("static", "streetlamp")
+        elif w in _STATICS:
+            tags[i] = ("static", _STATICS[w])
+        elif w == "dark" and nxt in _COLOURS:
+            tags[i] = ("colour", None)
+        elif w in _COLOURS:
+            vehicle_colour = noun_at(i + 1) or prv in _COLOUR_CUES or (prv == "dark" and noun_at(i + 1))
+            value = f"dark {w}" if prv == "dark" else w
+            if not vehicle_colour and w in _LIGHT_STATES:
+                tags[i] = ("light", w)
+            else:
+                tags[i] = ("colour", value)
+        elif w in _NUMBER_WORDS:
+            if nxt in ("-", "lane", "lanes", "way") or (nxt == "-" and i + 2 < n):
+                tags[i] = ("layout", _NUMBER_WORDS[w])
+            elif noun_at(i + 1) or nxt == "more" or (i + 2 < n and nxt in _COLOURS and noun_at(i + 2)):
+                tags[i] = ("count", _NUMBER_WORDS[w])
+        elif w == "crossing" and prv in ("zebra", "pedestrian"):
+            tags[i] = ("layout", "crossing")
+        elif w == "crossing" and nxt == "street":
+            tags[i] = ("layout", "intersection")
+        elif w == "away" and prv == "further":  # "further away": a distance, not a motion
+            continue
+        elif w == "stands" and nxt in ("parked", "still"):  # "stands parked", "stands still": the next word says it
+            tags[i] = ("motion", None)
+        elif w in _MOTION:
+            tags[i] = ("motion", _MOTION[w])
+        elif w in _LAYOUT:
+            tags[i] = ("layout", w)
+        elif w in _SETTING:
+            tags[i] = ("setting", w)
+    return tags
 
 
 def answer_facts(text: str) -> Counter:
-    """Multiset of fact words in an answer (lower-cased, plurals folded)."""
-    words = (w.lower() for w in tokenize(text))
-    return Counter(f for f in (_PLURALS.get(w, w) for w in words) if f in FACT_WORDS)
+    """Multiset of ``(kind, value)`` facts stated by an answer."""
+    return Counter(t for t in tag_words(words_of(text)) if t is not None and t[1] is not None)
 
 
-def fact_scores(generated: str, reference: str) -> dict[str, float]:
-    """Fact precision, recall and exact match of ``generated`` against ``reference``."""
+def fact_scores(generated: str, reference: str, only: Counter | None = None) -> dict[str, float]:
+    """Fact recall and precision of ``generated`` against ``reference``, overall and per kind (NaN where the kind is
+    absent from the side it divides by), plus exact match of the fact multisets.
+
+    With ``only`` (a fact multiset, e.g. the RGB-only facts), recall is measured on those facts alone."""
     g, r = answer_facts(generated), answer_facts(reference)
-    overlap = sum((g & r).values())
-    return {
-        "fact_precision": overlap / sum(g.values()) if g else float(not r),
-        "fact_recall": overlap / sum(r.values()) if r else 1.0,
-        "fact_exact": float(g == r),
-    }
+    if only is not None:
+        r = r & only
+    out: dict[str, float] = {}
+    for kind in (None, *FACT_KINDS):
+        gk = g if kind is None else Counter({f: c for f, c in g.items() if f[0] == kind})
+        rk = r if kind is None else Counter({f: c for f, c in r.items() if f[0] == kind})
+        hit = sum((gk & rk).values())
+        suffix = "" if kind is None else f"_{kind}"
+        out[f"recall{suffix}"] = hit / sum(rk.values()) if rk else float("nan")
+        out[f"precision{suffix}"] = hit / sum(gk.values()) if gk else float("nan")
+    out["exact"] = float(g == r)
+    return out
 
 
+def rgb_only_facts(rgb_reference: str, events_reference: str) -> Counter:
+    """Facts the RGB reference states and the event reference of the same prompt does not (multiset difference)."""
+    return answer_facts(rgb_reference) - answer_facts(events_reference)
+
+
+# ---- tokens, words and agreement --------------------------------------------------------------------------------
+def token_fact_mask(tokenizer: Any, ids: Sequence[int]) -> np.ndarray:
+    """Per token of ``ids``: True if it lies inside a fact word (see :func:`tag_words`), False otherwise (template
+    words, punctuation, the end-of-answer token)."""
+    ids = list(ids)
+    ends, text = [], ""
+    for i in range(len(ids)):  # character offset where each token's text ends
+        text = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
+        ends.append(len(text))
+    spans = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(text)]
+    tags = tag_words([s[2] for s in spans])
+    fact_chars = np.zeros(len(text) + 1, dtype=bool)
+    for (a, b, _), tag in zip(spans, tags):
+        if tag is not None:
+            fact_chars[a:b] = True
+    out = np.zeros(len(ids), dtype=bool)
+    start = 0
+    for i, end in enumerate(ends):
+        out[i] = bool(fact_chars[start:end].any())
+        start = end
+    return out
+
+
+def round_accepts(match: Sequence[bool], k: int) -> list[int]:
+    """Accepted drafts per round of greedy speculative decoding with draft length ``k``, given the teacher-forced
+    match vector of an answer: each round accepts the run of matches from its start (at most ``k``), then the target
+    adds one token of its own, so the next round starts ``accepted + 1`` tokens later."""
+    if k < 1:
+        raise ValueError(f"k={k}: expected a draft length >= 1")
+    m = np.asarray(match, dtype=bool)
+    out, i = [], 0
+    while i < len(m):
+        run = 0
+        while run < k and i + run < len(m) and m[i + run]:
+            run += 1
+        out.append(run)
+        i += run + 1
+    return out
+
+
+def accept_length_stats(matches: Iterable[Sequence[bool]], ks: Sequence[int] = (1, 2, 4, 8)) -> dict[int, dict]:
+    """For each draft length ``k``: the distribution of accepted drafts per round over all answers, its mean, and
+    the mean tokens per target forward (accepted + 1)."""
+    matches = list(matches)
+    out = {}
+    for k in ks:
+        rounds = [a for m in matches for a in round_accepts(m, k)]
+        hist = np.bincount(rounds, minlength=k + 1)[: k + 1] if rounds else np.zeros(k + 1, int)
+        out[k] = {"rounds": int(len(rounds)), "histogram": hist.tolist(),
+                  "mean_accepted": float(np.mean(rounds)) if rounds else float("nan"),
+                  "tokens_per_forward": float(np.mean(rounds) + 1.0) if rounds else float("nan")}
+    return out
+
+
+# ---- fluency ------------------------------------------------------------------------------------------------------
+def repeats_trigram(text: str) -> bool:
+    """True if some word trigram (punctuation ignored, case folded) occurs twice in ``text``."""
+    w = [x.lower() for x in words_of(text) if x[0].isalnum()]
+    grams = list(zip(w, w[1:], w[2:]))
+    return len(grams) != len(set(grams))
+
+
+def unigram_perplexity(tokenizer: Any, train_texts: Iterable[str], test_texts: Iterable[str]) -> float:
+    """Per-token perplexity of a unigram model (add-one smoothed counts of the training answers' tokens, ``</s>``
+    included) on the test texts: the floor a language model must beat by a wide margin."""
+    counts = np.ones(len(tokenizer), dtype=np.float64)
+    for t in train_texts:
+        for i in tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]:
+            counts[i] += 1
+    logp = np.log(counts / counts.sum())
+    nll, n = 0.0, 0
+    for t in test_texts:
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        nll -= float(logp[ids].sum())
+        n += len(ids)
+    return math.exp(nll / n) if n else float("nan")
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
 def test_prompts(split_dir, max_clips: int | None = None) -> list[dict[str, Any]]:
     """Records of a split grouped per clip, first ``max_clips`` clips in clip-id order (deterministic)."""
     from sdlib.data.layout import read_instructions
@@ -57,14 +259,34 @@ def test_prompts(split_dir, max_clips: int | None = None) -> list[dict[str, Any]
     return [r for r in recs if r["clip_id"] in keep]
 
 
-@torch.no_grad()
-def evaluate_pair(drafter, target, split_dir, sizes, max_clips: int | None = None, max_new_tokens: int = 96,
-                  progress=None, pairing=None):
-    """Greedy answers of both models on a split, scored against their own view's reference, plus agreement.
+@dataclass
+class PairEvaluation:
+    """Per-prompt table (one row per test prompt) and the per-prompt agreement vectors."""
 
-    Returns a DataFrame with one row per prompt. Where a split has no reference answers (DSEC), the fact scores are
-    NaN and only the answers and the agreement are measured. ``pairing`` (a ``TokenizerPairing``) translates the
-    target's tokens for the drafter when their tokenizers differ; an unmapped token counts as a disagreement.
+    table: Any  # pandas DataFrame
+    match: list[np.ndarray]  # per prompt: [target answer tokens] bool, drafter's teacher-forced prediction correct
+    fact_token: list[np.ndarray]  # per prompt: [target answer tokens] bool, token lies in a fact word
+
+
+def _reference_nll(model, inputs, answer_ids: list[int]) -> float:
+    """Summed next-token negative log-likelihood of ``answer_ids`` after the prompt (teacher forced)."""
+    pre = model.prefill(inputs)
+    logits = pre.logits[None]  # [1, V] predicts answer_ids[0]
+    if len(answer_ids) > 1:
+        logits = torch.cat([logits, model.score(torch.tensor(answer_ids[:-1]), pre.cache).logits])  # [n, V]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return float(-logp[torch.arange(len(answer_ids)), torch.tensor(answer_ids)].sum())
+
+
+@torch.no_grad()
+def evaluate_pair(drafter, target, split_dir, sizes, max_clips: int | None = None, max_new_tokens: int = 128,
+                  progress=None, pairing=None) -> PairEvaluation:
+    """Greedy answers of both models on a split, scored against their own view's reference; the drafter's
+    teacher-forced agreement with the target's answer; each model's likelihood of its own reference.
+
+    Where a split has no reference answers (DSEC), fact scores and perplexities are NaN and only the answers and
+    the agreement are measured. ``pairing`` (a ``TokenizerPairing``) translates the target's tokens for the drafter
+    when their tokenizers differ; an unmapped token counts as a disagreement.
     """
     import pandas as pd
 
@@ -75,14 +297,11 @@ def evaluate_pair(drafter, target, split_dir, sizes, max_clips: int | None = Non
 
     recs = test_prompts(split_dir, max_clips)
     translate = pairing is not None and not pairing.identical
-    no_scores = dict.fromkeys(("fact_precision", "fact_recall", "fact_exact"), float("nan"))
-    rows, cache = [], {}
+    rows, matches, fact_tokens, clip = [], [], [], None
     it = progress(recs, desc="evaluate", unit="prompt") if progress else recs
     for rec in it:
-        if rec["clip_id"] not in cache:
-            cache.clear()
-            cache[rec["clip_id"]] = load_clip(split_dir, rec)
-        clip = cache[rec["clip_id"]]
+        if clip is None or clip_id != rec["clip_id"]:
+            clip_id, clip = rec["clip_id"], load_clip(split_dir, rec)
         question = rec["conversations"][0]["value"]
         q = QUESTIONS.index(question)
         t_in = target.prepare(question, clip.frames)
@@ -98,35 +317,82 @@ def evaluate_pair(drafter, target, split_dir, sizes, max_clips: int | None = Non
             preds = torch.cat([preds, drafter.score(fed[:-1], pre.cache).logits.argmax(-1).cpu()])
         if translate:
             preds = pairing.to_target(preds)
-        agree = int((preds == t_tokens).sum())
+        match = (preds == t_tokens).numpy()
+        facts_mask = token_fact_mask(target.tokenizer, t_out.tokens)
+        matches.append(match)
+        fact_tokens.append(facts_mask)
         t_text = target.tokenizer.decode(t_out.tokens, skip_special_tokens=True)
         d_text = drafter.tokenizer.decode(d_out.tokens, skip_special_tokens=True)
         row = {"clip_id": rec["clip_id"], "question": q, "question_type": QUESTION_TYPES[q],
                "target_answer": t_text, "drafter_answer": d_text,
                "target_tokens": len(t_out.tokens), "drafter_tokens": len(d_out.tokens),
-               "agree_tokens": agree, "identical": float(t_out.tokens == d_out.tokens)}
+               "target_unfinished": not t_out.stopped_at_eos, "drafter_unfinished": not d_out.stopped_at_eos,
+               "target_repeats": repeats_trigram(t_text), "drafter_repeats": repeats_trigram(d_text),
+               "agree_tokens": int(match.sum()), "fact_tokens": int(facts_mask.sum()),
+               "agree_fact_tokens": int(match[facts_mask].sum()),
+               "identical": float(t_out.tokens == d_out.tokens)}
         events_refs = rec.get("meta", {}).get("answers_events") or [None] * len(QUESTIONS)
-        refs = (rec["conversations"][1]["value"], events_refs[q])
-        for who, text, ref in (("target", t_text, refs[0]), ("drafter", d_text, refs[1])):
-            scores = fact_scores(text, ref) if ref else no_scores
-            row.update({f"{who}_{k}": v for k, v in scores.items()})
+        conv = rec["conversations"]
+        refs = {"target": (conv[1]["value"] or None) if len(conv) > 1 else None, "drafter": events_refs[q]}
+        only_rgb = rgb_only_facts(refs["target"], refs["drafter"]) if refs["target"] and refs["drafter"] else None
+        row["rgb_only_facts"] = int(sum(only_rgb.values())) if only_rgb is not None else 0
+        row["reference_repeats"] = repeats_trigram(refs["target"]) if refs["target"] else float("nan")
+        for who, model, inputs, text in (("target", target, t_in, t_text), ("drafter", drafter, d_in, d_text)):
+            ref = refs[who]
+            if ref:
+                for k, v in fact_scores(text, ref).items():
+                    row[f"{who}_{k}"] = v
+                # the RGB-only facts, scored for both models (the drafter cannot see them)
+                if only_rgb is not None:
+                    row[f"{who}_recall_rgb_only"] = fact_scores(text, refs["target"], only=only_rgb)["recall"]
+                ids = model.tokenizer(ref, add_special_tokens=False)["input_ids"] + [model.eos_token_id]
+                row[f"{who}_ref_nll"] = _reference_nll(model, inputs, ids)
+                row[f"{who}_ref_tokens"] = len(ids)
+            else:
+                row[f"{who}_recall"] = row[f"{who}_precision"] = row[f"{who}_exact"] = float("nan")
         rows.append(row)
-    return pd.DataFrame(rows)
+    return PairEvaluation(pd.DataFrame(rows), matches, fact_tokens)
 
 
-def summarize(df) -> dict[str, Any]:
-    """The 01_models metrics from :func:`evaluate_pair`'s table."""
-    per_type = df.groupby("question_type")[["target_fact_recall", "drafter_fact_recall", "target_fact_exact",
-                                             "drafter_fact_exact"]].mean()
+def _mean(series) -> float:
+    v = series.astype(float)
+    return float(v.mean()) if v.notna().any() else float("nan")
+
+
+def summarize(ev: PairEvaluation, ks: Sequence[int] = (1, 2, 4, 8)) -> dict[str, Any]:
+    """The 01_models metrics from :func:`evaluate_pair`'s results (fact means are over prompts where defined)."""
+    df = ev.table
+    quality: dict[str, Any] = {}
+    for who in ("target", "drafter"):
+        q = {"fact_recall": _mean(df[f"{who}_recall"]), "fact_precision": _mean(df[f"{who}_precision"]),
+             "fact_exact": _mean(df[f"{who}_exact"]),
+             "per_question_type": {t: _mean(g[f"{who}_recall"]) for t, g in df.groupby("question_type")},
+             "per_fact_kind": {k: {"recall": _mean(df.get(f"{who}_recall_{k}", df[f"{who}_recall"] * np.nan)),
+                                   "precision": _mean(df.get(f"{who}_precision_{k}", df[f"{who}_recall"] * np.nan))}
+                               for k in FACT_KINDS},
+             "recall_rgb_only": _mean(df.get(f"{who}_recall_rgb_only", df[f"{who}_recall"] * np.nan)),
+             "repeated_trigram_share": float(df[f"{who}_repeats"].mean()),
+             "unfinished_share": float(df[f"{who}_unfinished"].mean())}
+        if f"{who}_ref_nll" in df and df[f"{who}_ref_nll"].notna().any():
+            q["perplexity"] = math.exp(float(df[f"{who}_ref_nll"].sum() / df[f"{who}_ref_tokens"].sum()))
+        quality[who] = q
+    match_all = np.concatenate(ev.match) if ev.match else np.zeros(0, bool)
+    fact_all = np.concatenate(ev.fact_token) if ev.fact_token else np.zeros(0, bool)
+    per_type = {}
+    for t, g in df.groupby("question_type"):
+        idx = list(g.index)
+        m = np.concatenate([ev.match[i] for i in idx])
+        f = np.concatenate([ev.fact_token[i] for i in idx])
+        per_type[t] = {"all": float(m.mean()), "template": float(m[~f].mean()) if (~f).any() else float("nan"),
+                       "fact": float(m[f].mean()) if f.any() else float("nan")}
     return {
-        "answer_quality": {
-            who: {"fact_precision": float(df[f"{who}_fact_precision"].mean()),
-                  "fact_recall": float(df[f"{who}_fact_recall"].mean()),
-                  "fact_exact": float(df[f"{who}_fact_exact"].mean()),
-                  "per_question_type": {t: float(v) for t, v in per_type[f"{who}_fact_recall"].items()}}
-            for who in ("target", "drafter")
-        },
-        "drafter_target_agreement": float(df["agree_tokens"].sum() / df["target_tokens"].sum()),
+        "answer_quality": quality,
+        "drafter_target_agreement": float(match_all.mean()) if len(match_all) else float("nan"),
+        "agreement_template": float(match_all[~fact_all].mean()) if (~fact_all).any() else float("nan"),
+        "agreement_fact": float(match_all[fact_all].mean()) if fact_all.any() else float("nan"),
+        "agreement_per_question_type": per_type,
+        "accept_lengths": {str(k): v for k, v in accept_length_stats(ev.match, ks).items()},
+        "reference_repeated_trigram_share": _mean(df["reference_repeats"]),
         "identical_answers": float(df["identical"].mean()),
         "n_prompts": int(len(df)),
     }

@@ -19,14 +19,19 @@ default, as each model gets one core in the ``two_devices`` placement).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from sdlib.fingerprint import CodeFingerprint, scale_models_fingerprint
+from sdlib.models.train import cache_key
 
 #: The original's 4090 measurements and the ratios derived from them.
 REFERENCE_4090 = {"P_v": 315.5, "d_v": 14.6, "P_e": 8.6 + 83.1, "d_e": 10.0, "visual_tokens_target": 8 * 257,
@@ -116,27 +121,52 @@ def build_drafter(tokenizer, sizes: ScaleSizes, seed: int = 0):
 
 
 # ---- cost measurement -------------------------------------------------------------------------------------------
+COST_NAMES = ("P_v", "d_v", "P_e", "d_e")
+
+
 @dataclass
 class MeasuredCosts:
-    """Timings of the pair measured on this machine (the theory stage's ``sdlib.theory.Costs`` are model inputs)."""
+    """Timings of the pair measured on this machine (the theory stage's ``sdlib.theory.Costs`` are model inputs).
 
-    P_v: float  # ms, target prefill incl. vision (median)
-    d_v: float  # ms per token, target decode (median over steps and repetitions)
+    Each repetition times every sample on the target, then on the drafter, so its four costs come from one short
+    window of the machine's life; a ratio is taken within each repetition, and the reported value is the median over
+    repetitions with the interquartile range beside it (the spread a reader should expect on a rerun)."""
+
+    P_v: float  # ms, target prefill incl. vision (median over repetitions)
+    d_v: float  # ms per token, target decode
     P_e: float  # ms, drafter vision + prefill
     d_e: float  # ms per token, drafter decode
     visual_tokens_target: int
     visual_tokens_drafter: int
     threads: int
     repeats: int
+    per_repeat: list[dict[str, float]] = field(default_factory=list)  # each repetition's medians of the four costs
+    pinned_cpu: int | None = None  # the core the timing thread was pinned to
+
+    def _ratio_samples(self) -> dict[str, list[float]]:
+        reps = self.per_repeat or [{k: getattr(self, k) for k in COST_NAMES}]
+        return {
+            "P_v_over_d_v": [r["P_v"] / r["d_v"] for r in reps],
+            "P_e_over_P_v": [r["P_e"] / r["P_v"] for r in reps],
+            "d_e_over_d_v": [r["d_e"] / r["d_v"] for r in reps],
+        }
 
     @property
     def ratios(self) -> dict[str, float]:
-        return {
-            "P_v_over_d_v": self.P_v / self.d_v,
-            "P_e_over_P_v": self.P_e / self.P_v,
-            "d_e_over_d_v": self.d_e / self.d_v,
-            "visual_token_ratio": self.visual_tokens_target / self.visual_tokens_drafter,
-        }
+        out = {k: statistics.median(v) for k, v in self._ratio_samples().items()}
+        out["visual_token_ratio"] = self.visual_tokens_target / self.visual_tokens_drafter
+        return out
+
+    @property
+    def ratio_iqr(self) -> dict[str, float]:
+        """Interquartile range of each ratio over the repetitions (0 for the token ratio, which is a count)."""
+        out = {k: _iqr(v) for k, v in self._ratio_samples().items()}
+        out["visual_token_ratio"] = 0.0
+        return out
+
+    @property
+    def cost_iqr(self) -> dict[str, float]:
+        return {k: _iqr([r[k] for r in self.per_repeat]) if self.per_repeat else 0.0 for k in COST_NAMES}
 
     def to_theory(self, verify_slope: float = 0.0):
         """These timings as the speedup models' :class:`sdlib.theory.Costs`."""
@@ -147,16 +177,42 @@ class MeasuredCosts:
     def within_tolerance(self, tolerance: float = TOLERANCE) -> dict[str, bool]:
         return {k: abs(v / REFERENCE_RATIOS[k] - 1.0) <= tolerance for k, v in self.ratios.items()}
 
+    def table(self, tolerance: float = TOLERANCE):
+        """The ratios beside the 4090's: median, IQR, the ±tolerance band and whether the median lies in it."""
+        import pandas as pd
+
+        ok = self.within_tolerance(tolerance)
+        rows = {k: {"scale model (median)": v, "IQR": self.ratio_iqr[k], "RTX 4090": REFERENCE_RATIOS[k],
+                    "band": f"{REFERENCE_RATIOS[k] * (1 - tolerance):.2f} – {REFERENCE_RATIOS[k] * (1 + tolerance):.2f}",
+                    "within band": ok[k]} for k, v in self.ratios.items()}
+        return pd.DataFrame(rows).T
+
+
+def _iqr(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[2] - q[0]
+
 
 @contextmanager
-def _torch_threads(n: int):
-    """Run the block with ``n`` intra-op threads, restoring the previous count after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
+def timing_conditions(threads: int = 1, pin: bool = True):
+    """Run the block with ``threads`` intra-op threads and, when ``pin``, the calling thread pinned to one core
+    (the first it may use); the previous thread count and affinity are restored after. Yields the core or None."""
+    import os
+
+    old_threads = torch.get_num_threads()
+    old_affinity = os.sched_getaffinity(0) if pin and hasattr(os, "sched_getaffinity") else None
+    cpu = min(old_affinity) if old_affinity else None
+    torch.set_num_threads(threads)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     try:
-        yield
+        yield cpu
     finally:
-        torch.set_num_threads(old)
+        torch.set_num_threads(old_threads)
+        if old_affinity is not None:
+            os.sched_setaffinity(0, old_affinity)
 
 
 def _timed_ms(model, call):
@@ -182,28 +238,33 @@ def _time_model(model, inputs, n_decode: int) -> tuple[float, list[float]]:
 
 
 def measure_costs(drafter, target, samples: Sequence[tuple[Any, Any]], repeats: int = 5, n_decode: int = 16,
-                  threads: int = 1, warmup: int = 2) -> MeasuredCosts:
-    """Median prefill and per-token decode times of both models on the same samples, in this process.
+                  threads: int = 1, warmup: int = 2, pin: bool = True) -> MeasuredCosts:
+    """Prefill and per-token decode times of both models on the same samples, in this process.
 
     ``samples`` are ``(drafter_inputs, target_inputs)`` pairs of prepared :class:`ModelInputs`. Each repetition
-    times every sample on the target, then on the drafter; ``warmup`` untimed passes come first.
+    times every sample on the target, then on the drafter (interleaved, so a slow spell of the machine hits both);
+    ``warmup`` untimed repetitions come first. The timing thread runs on one pinned core with ``threads``
+    intra-op threads, as each model gets one core in the ``two_devices`` placement.
     """
-    pv, dv, pe, de = [], [], [], []
-    with _torch_threads(threads):
+    per_repeat = []
+    with timing_conditions(threads, pin) as cpu:
         for rep in range(warmup + repeats):
+            pv, dv, pe, de = [], [], [], []
             for d_in, t_in in samples:
                 p, s = _time_model(target, t_in, n_decode)
                 q, r = _time_model(drafter, d_in, n_decode)
-                if rep >= warmup:
-                    pv.append(p); dv.extend(s); pe.append(q); de.extend(r)
+                pv.append(p); dv.extend(s); pe.append(q); de.extend(r)
+            if rep >= warmup:
+                per_repeat.append({"P_v": statistics.median(pv), "d_v": statistics.median(dv),
+                                   "P_e": statistics.median(pe), "d_e": statistics.median(de)})
     d_in, t_in = samples[0]
+    med = {k: statistics.median(r[k] for r in per_repeat) for k in COST_NAMES}
     return MeasuredCosts(
-        P_v=statistics.median(pv), d_v=statistics.median(dv), P_e=statistics.median(pe), d_e=statistics.median(de),
+        **med,
         visual_tokens_target=int((t_in.input_ids == target.video_token_id).sum()),  # <video> tokens in the text
         visual_tokens_drafter=drafter.prefill(d_in).prompt_len - int(d_in.input_ids.shape[1]) + 1,  # spliced
-        threads=threads, repeats=repeats,
+        threads=threads, repeats=repeats, per_repeat=per_repeat, pinned_cpu=cpu,
     )
-
 
 
 # ---- building, training and loading the pair ----------------------------------------------------------------------
@@ -220,19 +281,19 @@ def world_corpus(train_dir) -> list[str]:
     corpus = [SYSTEM_PROMPT, PROMPT_WORDS]
     for rec in read_instructions(train_dir):
         corpus += [t["value"] for t in rec["conversations"]]
-        corpus += rec.get("meta", {}).get("answers_events", [])[:1]
+        corpus += rec.get("meta", {}).get("answers_events", [])
     seen: set[str] = set()
     return [t for t in corpus if not (t in seen or seen.add(t))]
 
 
-def make_decoders(tokenizer, sizes: ScaleSizes, drafter_model=None, target_model=None):
-    """(EventGPTDecoder, VideoLlavaDecoder) around given or freshly initialised models, with the scale model's
-    fixed preprocessing (a plain resize + CLIP normalisation, identical on every machine)."""
+def make_decoders(tokenizer, sizes: ScaleSizes, drafter_model=None, target_model=None, seed: int = 0):
+    """(EventGPTDecoder, VideoLlavaDecoder) around given or freshly initialised models (weights drawn from ``seed``),
+    with the scale model's fixed preprocessing (a plain resize + CLIP normalisation, identical on every machine)."""
     from sdlib.models.eventgpt_runner import EventGPTDecoder, clip_style_preprocess
     from sdlib.models.videollava import ResizeNormalize, VideoLlavaDecoder
 
-    drafter_model = drafter_model if drafter_model is not None else build_drafter(tokenizer, sizes)
-    target_model = target_model if target_model is not None else build_target(tokenizer, sizes)
+    drafter_model = drafter_model if drafter_model is not None else build_drafter(tokenizer, sizes, seed=seed)
+    target_model = target_model if target_model is not None else build_target(tokenizer, sizes, seed=seed)
     return (EventGPTDecoder(drafter_model, tokenizer, clip_style_preprocess(sizes.event_image)),
             VideoLlavaDecoder(target_model, tokenizer, frame_processor=ResizeNormalize(sizes.target_image)))
 
@@ -284,7 +345,7 @@ def _train_one(which: str, dataset_root: str, sizes: dict, cfg: dict, pair_dir: 
         c = TrainConfig(**cfg)
         torch.set_num_threads(c.threads)
         tok = load_tokenizer(pair / "tokenizer")
-        drafter, target = make_decoders(tok, s)
+        drafter, target = make_decoders(tok, s, seed=c.seed)  # the initial weights follow the training seed
         decoder = drafter if which == "drafter" else target
         train = clip_examples(which, decoder, Path(dataset_root) / "train", s, max_train_clips)
         val = clip_examples(which, decoder, Path(dataset_root) / "val", s, max_val_clips)
@@ -296,23 +357,29 @@ def _train_one(which: str, dataset_root: str, sizes: dict, cfg: dict, pair_dir: 
 
         result = train_model(decoder.model, lm, train, val, c, pair / f"train_{which}", tok.pad_token_id,
                              progress=progress, log=lambda *_: None)
-        final = pair / which
-        decoder.model.save_pretrained(str(final))
-        tok.save_pretrained(str(final))
         (pair / f"train_{which}" / "result.json").write_text(json.dumps({
             "history": result.history, "best_val_loss": result.best_val_loss, "steps": result.steps,
             "seconds": result.seconds, "stopped_early": result.stopped_early, "resumed_from": result.resumed_from,
             "train_clips": len(train), "val_clips": min(len(val), c.val_clips)}))
+        # the finished model is written whole, then renamed into place: its folder never holds half a model
+        final, tmp = pair / which, pair / f"{which}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        decoder.model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
     except BaseException:
         (pair / f"{which}.error.txt").write_text(traceback.format_exc())
         raise
 
 
 class _FileProgress:
-    """A tqdm-like counter a training subprocess writes to a file, so the parent can draw one progress bar."""
+    """A tqdm-like counter a training subprocess writes to a file, so the parent can draw one progress bar. A
+    training process whose parent died (a killed or timed-out stage) exits at its next step instead of running on."""
 
     def __init__(self, path: Path, total: int, initial: int):
         self.path, self.total, self.n = path, total, initial
+        self.parent = os.getppid()
         self._write()
 
     def _write(self):
@@ -322,6 +389,8 @@ class _FileProgress:
         tmp.replace(self.path)
 
     def update(self, k: int = 1):
+        if os.getppid() != self.parent:  # the stage that started us is gone: stop (the last checkpoint is intact)
+            os._exit(1)
         self.n += k
         self._write()
 
@@ -332,25 +401,33 @@ class _FileProgress:
         self._write()
 
 
+def pair_cache_key(sizes: ScaleSizes, cfg, max_train_clips: int | None, max_val_clips: int | None,
+                   content_hashes: dict[str, str], code: CodeFingerprint | None = None) -> str:
+    """The trained pair's cache key: hash(sizes, training settings, clip limits, the data set's content hashes, the
+    fingerprint of the training code, :func:`sdlib.fingerprint.scale_models_fingerprint` unless ``code`` is given)."""
+    code = code if code is not None else scale_models_fingerprint()
+    return cache_key(sizes.to_dict(), cfg.to_dict(), max_train_clips, max_val_clips, content_hashes, code.digest)
+
+
 def train_pair(dataset_root, sizes: ScaleSizes, cfg, models_root, *, max_train_clips: int | None = None,
                max_val_clips: int | None = None, parallel: bool = True, progress: bool = True,
                log=print) -> dict:
     """Train (or reuse) the scale-model pair on a world data set; returns the pair's record (``pair.json``).
 
     The pair lives in ``models_root/scale-<key>`` with key = hash(sizes, training settings, clip limits, the data
-    set's content hashes); a finished pair (``DONE`` present) is reused as is. Drafter and target train at the same
-    time in two processes with ``cfg.threads`` threads each; a killed run resumes from each model's last checkpoint.
+    set's content hashes, the training code's fingerprint; :func:`pair_cache_key`); a finished pair (``DONE``
+    present) is reused as is. Drafter and target train at the same time in two processes with ``cfg.threads``
+    threads each; a killed run resumes from each model's last checkpoint.
     """
     import multiprocessing as mp
 
     from sdlib.core import progress as bar
     from sdlib.data.layout import read_manifest
     from sdlib.models.tokenizer import save_tokenizer, train_tokenizer
-    from sdlib.models.train import cache_key
 
     dataset_root = Path(dataset_root)
     hashes = {s: read_manifest(dataset_root / s)["content_hash"] for s in SPLIT_NAMES}
-    key = cache_key(sizes.to_dict(), cfg.to_dict(), max_train_clips, max_val_clips, hashes)
+    key = pair_cache_key(sizes, cfg, max_train_clips, max_val_clips, hashes)
     pair = Path(models_root) / f"scale-{key}"
     if (pair / "DONE").is_file():
         log(f"reusing trained pair {pair}")
@@ -429,25 +506,38 @@ def load_pair(pair_dir, sizes: ScaleSizes | None = None):
     if sizes is None:
         sizes = ScaleSizes(**json.loads((pair_dir / "pair.json").read_text())["sizes"])
     tok = load_tokenizer(pair_dir / "tokenizer")
-    drafter = EventChatModel.from_pretrained(str(pair_dir / "drafter"), local_files_only=True, use_safetensors=True)
-    target = VideoLlavaForConditionalGeneration.from_pretrained(str(pair_dir / "target"), local_files_only=True,
-                                                                use_safetensors=True)
-    return make_decoders(tok, sizes, drafter.eval(), target.eval())
+    models = {}
+    for which, cls in (("drafter", EventChatModel), ("target", VideoLlavaForConditionalGeneration)):
+        folder = pair_dir / which
+        for name in ("config.json", "model.safetensors"):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"trained pair {pair_dir}: {which}/{name} is missing (an interrupted save? "
+                                        f"`make clean-all` or deleting {pair_dir} retrains it)")
+        model, info = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
+                                          output_loading_info=True)
+        if info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]:
+            raise ValueError(f"trained pair {pair_dir}: {which}/model.safetensors does not fit the model "
+                             f"(missing {sorted(info['missing_keys'])[:3]}, unexpected "
+                             f"{sorted(info['unexpected_keys'])[:3]}); refusing to run with random layers")
+        models[which] = model.eval()
+    return make_decoders(tok, sizes, models["drafter"], models["target"])
 
 
 def verify_curve(target, inputs, ks: Sequence[int] = (1, 2, 4, 8, 16), repeats: int = 5, threads: int = 1,
-                 warmup: int = 2) -> dict[int, float]:
-    """Median ms of one target forward that scores ``k`` tokens on a freshly prefilled cache, for each ``k``."""
+                 warmup: int = 2, pin: bool = True) -> dict[int, float]:
+    """Median ms of verifying ``k`` drafts, for each ``k``: one target forward over ``k + 1`` tokens (the pending
+    token plus the ``k`` drafts, giving ``k + 1`` rows of logits, the last for the bonus token) on a freshly
+    prefilled cache, which is cropped back after each forward. ``k = 0`` is a plain decode step."""
     from sdlib.models.interface import crop_cache
 
     out: dict[int, list[float]] = {k: [] for k in ks}
-    with _torch_threads(threads):
+    with timing_conditions(threads, pin):
         pre = target.prefill(inputs)
         base = pre.prompt_len
-        tokens = torch.full((max(ks),), int(pre.logits.argmax()), dtype=torch.long)
+        tokens = torch.full((max(ks) + 1,), int(pre.logits.argmax()), dtype=torch.long)
         for rep in range(warmup + repeats):
             for k in ks:
-                _, ms = _timed_ms(target, lambda: target.score(tokens[:k], pre.cache))
+                _, ms = _timed_ms(target, lambda: target.score(tokens[: k + 1], pre.cache))
                 crop_cache(pre.cache, base)
                 if rep >= warmup:
                     out[k].append(ms)

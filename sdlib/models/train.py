@@ -16,6 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,8 +36,8 @@ IGNORE = -100
 class Example:
     """One clip for one model: the shared prompt prefix and one continuation per question.
 
-    ``prefix_ids`` [P] holds the prompt up to and including the newline after the visual tokens (the drafter's
-    ``<event>`` placeholder is one id, -200, expanded by the model); ``conts[i]`` [L_i] holds the rest of prompt i
+    ``prefix_ids`` [P] holds the clip's prompts' common part, through the visual tokens (the drafter's ``<event>``
+    placeholder is one id, -200, expanded by the model); ``conts[i]`` [L_i] holds the rest of prompt i
     (question, ``ASSISTANT:``) followed by its answer and ``</s>``; ``labels[i]`` [L_i] is ``conts[i]`` with the
     prompt part set to -100.
     """
@@ -47,37 +50,42 @@ class Example:
     questions: list[int]
 
 
-def split_prompt(input_ids: torch.Tensor, newline_id: int, after: int) -> int:
-    """Index just past the first newline token at or after position ``after`` (the end of the shared prefix)."""
-    ids = input_ids.tolist()
-    for i in range(after, len(ids)):
-        if ids[i] == newline_id:
-            return i + 1
-    raise ValueError(f"prompt has no newline token ({newline_id}) after position {after}: cannot find its prefix")
+def shared_prefix_length(prompts: Sequence[torch.Tensor], after: int) -> int:
+    """Length of the longest common prefix of ``prompts`` (1-D id tensors), which must reach past ``after``.
+
+    A clip's prompts differ only in their question, so this is everything before it (system text, visual tokens
+    and whatever template text precedes the question)."""
+    n = min(int(p.shape[0]) for p in prompts)
+    first = prompts[0][:n]
+    for p in prompts[1:]:
+        diff = (p[:n] != first).nonzero()
+        if len(diff):
+            n = int(diff[0])
+            first = first[:n]
+    if n <= after:
+        raise ValueError(f"prompts share only {n} leading tokens; expected more than {after} (the visual part)")
+    return n
 
 
 def make_example(decoder, clip_id: str, visual: Any, qa: Sequence[tuple[int, str, str]], visual_anchor: int) -> Example:
     """Tokenise one clip's prompts exactly as the decoder prepares them at inference, and split off the prefix.
 
     ``qa`` lists (question index, question, answer); ``visual_anchor`` is the token id marking the visual part (the
-    ``<video>`` id, or -200 for ``<event>``); the prefix ends at the first newline after its last occurrence.
+    ``<video>`` id, or -200 for ``<event>``); the prefix is the prompts' common part, which covers the visual part.
+    With a single question the prefix ends just after the last visual token.
     """
     tok = decoder.tokenizer
-    newline = tok.convert_tokens_to_ids("\n")
-    prefix, conts, labels, pixels = None, [], [], None
-    for q_idx, question, answer in qa:
-        inputs = decoder.prepare(question, visual)
-        ids = inputs.input_ids[0]  # [L]
-        last_visual = int((ids == visual_anchor).nonzero().max())
-        cut = split_prompt(ids, newline, last_visual)
-        if prefix is None:
-            prefix = ids[:cut]
-            pixels = inputs.extra.get("pixel_values_videos", inputs.extra.get("event_pixel_values"))
-            pixels = pixels[0] if pixels.dim() == 5 else pixels
-        elif not torch.equal(prefix, ids[:cut]):
-            raise ValueError(f"clip {clip_id}: prompts do not share a prefix")
+    prepared = [decoder.prepare(question, visual) for _, question, _ in qa]
+    ids = [inputs.input_ids[0] for inputs in prepared]  # [L_i] each
+    last_visual = int((ids[0] == visual_anchor).nonzero().max())
+    cut = shared_prefix_length(ids, last_visual) if len(ids) > 1 else last_visual + 1
+    prefix = ids[0][:cut]
+    pixels = prepared[0].extra.get("pixel_values_videos", prepared[0].extra.get("event_pixel_values"))
+    pixels = pixels[0] if pixels.dim() == 5 else pixels
+    conts, labels = [], []
+    for (_, _, answer), prompt_ids in zip(qa, ids):
         answer_ids = torch.tensor(tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
-        tail = ids[cut:]
+        tail = prompt_ids[cut:]
         conts.append(torch.cat([tail, answer_ids]))
         labels.append(torch.cat([torch.full_like(tail, IGNORE), answer_ids]))
     return Example(clip_id, pixels, prefix, conts, labels, [q for q, _, _ in qa])
@@ -177,15 +185,22 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
+def save_weights(model_or_state, path: Path) -> None:
+    """Weights (a module or a state dict) as safetensors, written to a temporary file and renamed into place."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(path))
+    sd = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, str(tmp))
+    os.replace(tmp, path)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights that must cover the model exactly (a missing or extra tensor is an error)."""
     from safetensors.torch import load_file
 
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file missing")
     missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -202,7 +217,7 @@ class TrainConfig:
     eval_every: int = 50  # steps between validation passes (and checkpoints)
     val_clips: int = 16  # validation clips per pass (fixed subset of the val split)
     patience: int = 4  # validation passes without improvement before stopping
-    seed: int = 0
+    seed: int = 0  # weight initialisation, data order and every random draw of training
     threads: int = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,50 +254,85 @@ def evaluate(lm, examples: Sequence[Example], pad_id: int) -> float:
     return total / max(n, 1)
 
 
+# A checkpoint is a folder ``ckpt-<step>`` holding everything a run needs to continue bit for bit: the weights, the
+# optimizer state, the best weights so far, the RNG state and the loop state (step, history, early-stopping counters).
+# It is written as ``ckpt-<step>.tmp`` and renamed when complete, so a kill at any moment leaves the previous
+# checkpoint intact; older checkpoints are removed only after the new one is in place.
+CHECKPOINT_FILES = ("model.safetensors", "optim.safetensors", "optim.json", "best.safetensors", "rng.safetensors",
+                    "state.json")
+_CKPT = re.compile(r"^ckpt-(\d+)$")
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder in ``out_dir`` (None if there is none).
+
+    A folder that carries a checkpoint's final name but lacks one of :data:`CHECKPOINT_FILES` was damaged after it
+    was written: that is an error naming the missing file, never a silent restart."""
+    found = sorted((int(m.group(1)), p) for p in out_dir.glob("ckpt-*") if (m := _CKPT.match(p.name)) and p.is_dir())
+    if not found:
+        return None
+    path = found[-1][1]
+    for name in CHECKPOINT_FILES:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {path} is incomplete: {name} is missing (delete the folder to "
+                                    f"resume from an earlier checkpoint, or the run folder to start over)")
+    return path
+
+
+def _write_checkpoint(out_dir: Path, model, opt, best: dict[str, torch.Tensor], state: dict) -> Path:
+    from safetensors.torch import save_file
+
+    final = out_dir / f"ckpt-{state['step']:07d}"
+    tmp = out_dir / (final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(model, tmp / "model.safetensors")
+    save_optimizer(opt, tmp / "optim")
+    save_weights(best, tmp / "best.safetensors")
+    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(final, ignore_errors=True)  # a checkpoint of the same step from an interrupted earlier attempt
+    os.replace(tmp, final)
+    for old in out_dir.glob("ckpt-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def train_model(model: torch.nn.Module, lm, train: Sequence[Example], val: Sequence[Example], cfg: TrainConfig,
                 out_dir: Path, pad_id: int, progress: Callable | None = None, log: Callable = print) -> TrainResult:
-    """Train ``model`` (wrapped by ``lm``), resuming from ``out_dir/last`` if a checkpoint is there.
+    """Train ``model`` (wrapped by ``lm``), resuming from the newest checkpoint in ``out_dir`` if there is one.
 
-    Selection uses the validation loss only; the best weights end in ``out_dir/best.safetensors``.
+    A run killed at any moment and resumed ends with the same weights as an uninterrupted run (same data order,
+    learning rates, optimizer and RNG state). Selection uses the validation loss only; the best weights end in
+    ``out_dir/best.safetensors`` and in ``model``.
     """
+    from safetensors.torch import load_file
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    last = out_dir / "last"
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(train)
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     val_set = list(val[: cfg.val_clips])
-    state = {"step": 0, "history": [], "best": float("inf"), "bad_evals": 0, "seconds": 0.0}
+    state = {"step": 0, "history": [], "best": float("inf"), "bad_evals": 0, "seconds": 0.0, "stopped_early": False}
+    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
     resumed_from = 0
-    if (last / "state.json").is_file():
-        state = json.loads((last / "state.json").read_text())
-        load_weights(model, last / "model.safetensors")
-        load_optimizer(opt, last / "optim")
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is not None:
+        state = json.loads((ckpt / "state.json").read_text())
+        load_weights(model, ckpt / "model.safetensors")
+        load_optimizer(opt, ckpt / "optim")
+        best = load_file(str(ckpt / "best.safetensors"))
+        torch.set_rng_state(load_file(str(ckpt / "rng.safetensors"))["torch"])
         resumed_from = state["step"]
         log(f"resuming {out_dir.name} from step {resumed_from}")
-
-    def checkpoint() -> None:
-        tmp = out_dir / "last.tmp"
-        tmp.mkdir(exist_ok=True)
-        save_weights(model, tmp / "model.safetensors")
-        save_optimizer(opt, tmp / "optim")
-        (tmp / "state.json").write_text(json.dumps(state))
-        if last.exists():
-            old = out_dir / "last.old"
-            last.replace(old)
-            tmp.replace(last)
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
-        else:
-            tmp.replace(last)
 
     model.train()
     t_start = time.perf_counter() - state["seconds"]
     bar = progress(total=total, initial=state["step"], desc=out_dir.name, unit="clip") if progress else None
-    stopped = False
-    while state["step"] < total and not stopped:
+    while state["step"] < total and not state["stopped_early"]:
         step = state["step"]
         epoch, pos = divmod(step, steps_per_epoch)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(steps_per_epoch)
@@ -306,18 +356,18 @@ def train_model(model: torch.nn.Module, lm, train: Sequence[Example], val: Seque
                                      "seconds": state["seconds"]})
             if val_loss < state["best"] - 1e-4:
                 state["best"], state["bad_evals"] = val_loss, 0
-                save_weights(model, out_dir / "best.safetensors")
+                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 state["bad_evals"] += 1
-                stopped = state["bad_evals"] >= cfg.patience
-            state["stopped_early"] = stopped
-            checkpoint()
+                state["stopped_early"] = state["bad_evals"] >= cfg.patience
+            _write_checkpoint(out_dir, model, opt, best, state)
     if bar:
         bar.close()
     model.eval()
+    save_weights(best, out_dir / "best.safetensors")
     load_weights(model, out_dir / "best.safetensors")
     return TrainResult(out_dir, state["history"], state["best"], state["step"], time.perf_counter() - t_start,
-                       bool(state.get("stopped_early", False)), resumed_from)
+                       bool(state["stopped_early"]), resumed_from)
 
 
 def cache_key(*parts: Any) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from sdlib.models.interface import ModelInputs, Prefilled, Scored, crop_cache
+from sdlib.models.kvcache import KVCache
 from sdlib.world.render import RGB_FRAMES, uniform_frame_indices
 
 PROMPT_TEMPLATE = "USER: <video>\n{question} ASSISTANT:"
@@ -449,6 +450,7 @@ class VideoLlavaDecoder:
         out = self.model.model(
             input_ids=input_ids.to(self.device),
             pixel_values_videos=pixels.to(self.device, vision_dtype),
+            cache=KVCache(self.model.config),
             use_cache=True,
         )
         hidden = out.last_hidden_state[0, -1]  # [hidden], post-norm
