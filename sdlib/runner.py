@@ -595,7 +595,8 @@ def build_html(source: Path | None = None, stages_dir: Path | None = None) -> Pa
     if not mathjax.is_file():
         raise UsageError(f"MathJax is not vendored at {mathjax}: run `make mathjax`")
     jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(source), "-W", "-n", "--keep-going"]
+    # --all: every page is rebuilt, so a warning (a stale glue key) cannot hide behind an up-to-date incremental build
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(source), "--all", "-W", "-n", "--keep-going"]
     proc = subprocess.run(cmd, cwd=source)
     if proc.returncode != 0:
         raise StageFailed(f"jupyter-book build failed (exit {proc.returncode}); see the warnings above")

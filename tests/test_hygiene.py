@@ -1,4 +1,4 @@
-"""Notebook sources are clean and parameterised; published pages never record a failure."""
+"""Notebook sources are clean and parameterised (the published pages are checked on the smoke book in test_book)."""
 import json
 
 import pytest
@@ -38,11 +38,6 @@ def test_every_toc_stage_has_a_source_notebook_and_profiles():
     for stage in runner.toc_stages():
         assert (paths.NOTEBOOKS / f"{stage}.ipynb").is_file(), stage
         assert runner.params_file(stage, "default").is_file(), f"{stage} has no default profile"
-
-
-def test_published_pages_never_record_a_failure():
-    for page in sorted(paths.STAGES.glob("*.ipynb")):
-        assert not runner.page_failed(page), f"{page} records a failed papermill run"
 
 
 @pytest.mark.parametrize("nb_path", SOURCES, ids=lambda p: p.stem)

@@ -215,8 +215,9 @@ def _child(world, out, kill_at, cfg):
 def test_kill_at_any_file_event_resumes_to_identical_weights(world, tmp_path, case):
     from safetensors.torch import load_file
 
-    if case == "full_run":  # three evaluations, improving: best is rewritten, no early stop
-        cfg = TrainConfig(epochs=2, eval_every=2, val_clips=1, warmup_steps=1, patience=99, seed=3)
+    if case == "full_run":  # vision pretraining, then three evaluations, improving: best is rewritten, no early stop
+        cfg = TrainConfig(epochs=2, eval_every=2, val_clips=1, warmup_steps=1, patience=99, seed=3, probe_steps=3,
+                          fact_min_clips=1, vision_lr_scale=0.0)
     else:  # a learning rate far too high: validation loss rises and training stops early
         cfg = TrainConfig(epochs=4, eval_every=1, val_clips=1, warmup_steps=1, patience=1, lr=0.5, seed=4)
     ref = _child(world, tmp_path / "ref", -1, cfg)
@@ -271,3 +272,52 @@ def test_initial_weights_follow_the_training_seed(pair):
     a, b, c = (scale.build_drafter(tok, TINY, seed=s) for s in (0, 0, 1))
     wa, wb, wc = (next(m.model.layers[0].parameters()) for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_vision_pretraining_trains_the_vision_path_only_and_learns_the_facts(world, pair):
+    from sdlib.models.train import VISION_PARTS, TargetLM, fact_labels, fact_vocabulary, pretrain_vision
+
+    tok, _, target = pair
+    train = scale.clip_examples("target", target, world / "train", TINY, max_clips=4)
+    before = {k: v.clone() for k, v in target.model.state_dict().items()}
+    info = pretrain_vision(TargetLM(target.model), train, TrainConfig(probe_steps=60, probe_lr=3e-3, fact_min_clips=1,
+                                                                      precision="float32"), log=lambda *_: None)
+    vocabulary = fact_vocabulary([ex.answers for ex in train], 1)
+    assert info["facts"] == len(vocabulary) > 5 and info["steps"] == 60
+    # the labels' own entropy is what a head that ignored the images could reach at best
+    y = torch.stack([fact_labels(ex.answers, vocabulary) for ex in train])
+    p = y.mean(0).clamp(1e-4, 1 - 1e-4)
+    prior = float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
+    assert info["final_loss"] < 0.8 * prior, (info, prior)
+    after = target.model.state_dict()
+    moved = {k for k, v in after.items() if not torch.equal(v, before[k])}
+    assert moved and all(any(part in k for part in VISION_PARTS) for k in moved)  # the language model is untouched
+    for used in ("video_tower.embeddings.patch_embedding.weight", "video_tower.encoder.layers.0.mlp.fc1.weight",
+                 "multi_modal_projector.linear_1.weight", "multi_modal_projector.linear_2.weight"):
+        assert f"model.{used}" in moved, used
+    assert not any("image_tower" in k for k in moved)  # Video-LLaVA's image tower does not see videos
+
+
+def test_a_trained_model_beats_a_unigram_model_by_a_wide_margin(world, pair, tmp_path):
+    from sdlib.data.layout import load_clip, read_instructions
+    from sdlib.models import quality
+
+    tok, drafter, _ = pair
+    train = scale.clip_examples("drafter", drafter, world / "train", TINY)
+    val = scale.clip_examples("drafter", drafter, world / "val", TINY, max_clips=1)
+    cfg = TrainConfig(epochs=4, eval_every=1000, val_clips=1, warmup_steps=5, lr=3e-3, seed=0)
+    train_model(drafter.model, DrafterLM(drafter.model), train, val, cfg, tmp_path / "run", tok.pad_token_id,
+                log=lambda *_: None)
+    recs = read_instructions(world / "val")
+    refs = [r["meta"]["answers_events"][QUESTIONS.index(r["conversations"][0]["value"])] for r in recs]
+    nll = n = 0
+    for rec, ref in zip(recs, refs):
+        clip = load_clip(world / "val", rec)
+        ids = tok(ref, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        nll += quality.reference_nll(drafter, drafter.prepare(rec["conversations"][0]["value"],
+                                                                scale.drafter_visual(clip, TINY)), ids)
+        n += len(ids)
+    model_ppl = float(np.exp(nll / n))
+    train_answers = [a for ex in train for a in ex.answers]
+    unigram = quality.unigram_perplexity(tok, train_answers, refs)
+    assert model_ppl < 0.5 * unigram, (model_ppl, unigram)

@@ -12,7 +12,9 @@ naming the files that changed (DESIGN.md, correctness principle 8).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import shutil
 import time
@@ -26,6 +28,7 @@ from sdlib.data.errors import DataError
 from sdlib.data.layout import (DEFAULT_SPLIT_FRACTIONS, MANIFEST_JSON, ClipData, DatasetWriter, assign_split,
                                check_disjoint, read_manifest)
 from sdlib.fingerprint import CodeFingerprint, world_fingerprint
+from sdlib.threads import usable_cpus
 
 SPLITS = ("train", "val", "test")
 SPEC_JSON = "build.json"
@@ -192,8 +195,37 @@ def world_clip_data(scene_seed: int, spec: WorldSpec, scenes_dir: Path | None = 
     )
 
 
-def build_world(spec: WorldSpec, root: Path | None = None, progress: bool = True, log=print) -> BuildReport:
-    """Build (or finish, or confirm) the world data set ``data/world/<spec.name>``."""
+def _world_clip_or_error(scene_seed: int, spec: WorldSpec, scenes_dir: Path) -> ClipData | DataError:
+    """Worker entry: one clip, or the DataError that bad data raised (returned, so the writer records it)."""
+    try:
+        return world_clip_data(scene_seed, spec, scenes_dir)
+    except DataError as e:
+        return e
+
+
+def _raise_or_return(clip: ClipData | DataError) -> ClipData:
+    if isinstance(clip, DataError):
+        raise clip
+    return clip
+
+
+@contextlib.contextmanager
+def _clip_pool(workers: int):
+    """Yields ``map(fn, items)`` (lazy, in order): in this process for one worker, else in a process pool."""
+    if workers <= 1:
+        yield map
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+        yield lambda fn, items: ex.map(fn, items, chunksize=4)
+
+
+def build_world(spec: WorldSpec, root: Path | None = None, progress: bool = True, log=print,
+                workers: int | None = None) -> BuildReport:
+    """Build (or finish, or confirm) the world data set ``data/world/<spec.name>``; ``workers`` processes generate
+    the clips (default: one per usable core, fewer for small builds)."""
     from sdlib import paths
     from sdlib.core import progress as bar
 
@@ -218,13 +250,16 @@ def build_world(spec: WorldSpec, root: Path | None = None, progress: bool = True
     writers = {s: DatasetWriter(root, s, sensor_hw=(h, w)) for s in SPLITS}
     for split in SPLITS:  # before any clip, so a killed build is resumed only by the same code
         _write_json(root / split / CODE_JSON, code.to_json())
-    built = 0
-    for s in bar(range(spec.n_scenes), desc=f"world {spec.name}", unit="clip", **({} if progress else {"disable": True})):
-        writer = writers[scene_split(s, spec)]
-        if writer.is_done(clip_id(s)):
-            continue
-        writer.add_clip(clip_id(s), lambda s=s: world_clip_data(s, spec, root / "scenes"))
-        built += 1
+    todo = [s for s in range(spec.n_scenes) if not writers[scene_split(s, spec)].is_done(clip_id(s))]
+    # clips are generated in worker processes (one per usable core) and written here, in scene order; a clip's
+    # content depends only on its seeds, so the data set is the same whatever the number of workers
+    workers = min(usable_cpus(), max(1, len(todo) // 8)) if workers is None else workers
+    bar_kw = {} if progress else {"disable": True}
+    with _clip_pool(workers) as pool:
+        made = pool(functools.partial(_world_clip_or_error, spec=spec, scenes_dir=root / "scenes"), todo)
+        for s, clip in bar(zip(todo, made), total=len(todo), desc=f"world {spec.name}", unit="clip", **bar_kw):
+            writers[scene_split(s, spec)].add_clip(clip_id(s), functools.partial(_raise_or_return, clip))
+    built = len(todo)
     manifests = {s: writers[s].finalize() for s in SPLITS}
     for split, m in manifests.items():
         m["code"] = code.to_json()

@@ -175,10 +175,9 @@ def token_fact_mask(tokenizer: Any, ids: Sequence[int]) -> np.ndarray:
     """Per token of ``ids``: True if it lies inside a fact word (see :func:`tag_words`), False otherwise (template
     words, punctuation, the end-of-answer token)."""
     ids = list(ids)
-    ends, text = [], ""
-    for i in range(len(ids)):  # character offset where each token's text ends
-        text = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
-        ends.append(len(text))
+    prefixes = tokenizer.batch_decode([ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True)
+    ends = [len(t) for t in prefixes]  # character offset where each token's text ends
+    text = prefixes[-1] if prefixes else ""
     spans = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(text)]
     tags = tag_words([s[2] for s in spans])
     fact_chars = np.zeros(len(text) + 1, dtype=bool)
@@ -248,6 +247,27 @@ def unigram_perplexity(tokenizer: Any, train_texts: Iterable[str], test_texts: I
     return math.exp(nll / n) if n else float("nan")
 
 
+# ---- does a model use its sensor? ----------------------------------------------------------------------------------
+@torch.no_grad()
+def image_reliance(decoder, which: str, split_dir, sizes, max_clips: int = 12) -> dict[str, float]:
+    """Answer loss (nats per token, teacher forced on the split's reference answers of the model's own view) with
+    each clip's own images, and with the next clip's images instead. A model that reads its sensor does clearly
+    worse with the wrong images; a pure language model does not notice."""
+    import dataclasses
+
+    from sdlib.models.scale import clip_examples
+    from sdlib.models.train import DrafterLM, TargetLM, evaluate
+
+    examples = clip_examples(which, decoder, split_dir, sizes, max_clips)
+    lm = DrafterLM(decoder.model) if which == "drafter" else TargetLM(decoder.model)
+    pad = decoder.tokenizer.pad_token_id
+    own = evaluate(lm, examples, pad)
+    swapped = [dataclasses.replace(ex, visual=examples[(i + 1) % len(examples)].visual)
+               for i, ex in enumerate(examples)]
+    other = evaluate(lm, swapped, pad)
+    return {"own_images": own, "other_images": other, "gap": other - own, "clips": len(examples)}
+
+
 # ---- evaluation ---------------------------------------------------------------------------------------------------
 def test_prompts(split_dir, max_clips: int | None = None) -> list[dict[str, Any]]:
     """Records of a split grouped per clip, first ``max_clips`` clips in clip-id order (deterministic)."""
@@ -268,7 +288,7 @@ class PairEvaluation:
     fact_token: list[np.ndarray]  # per prompt: [target answer tokens] bool, token lies in a fact word
 
 
-def _reference_nll(model, inputs, answer_ids: list[int]) -> float:
+def reference_nll(model, inputs, answer_ids: list[int]) -> float:
     """Summed next-token negative log-likelihood of ``answer_ids`` after the prompt (teacher forced)."""
     pre = model.prefill(inputs)
     logits = pre.logits[None]  # [1, V] predicts answer_ids[0]
@@ -346,7 +366,7 @@ def evaluate_pair(drafter, target, split_dir, sizes, max_clips: int | None = Non
                 if only_rgb is not None:
                     row[f"{who}_recall_rgb_only"] = fact_scores(text, refs["target"], only=only_rgb)["recall"]
                 ids = model.tokenizer(ref, add_special_tokens=False)["input_ids"] + [model.eos_token_id]
-                row[f"{who}_ref_nll"] = _reference_nll(model, inputs, ids)
+                row[f"{who}_ref_nll"] = reference_nll(model, inputs, ids)
                 row[f"{who}_ref_tokens"] = len(ids)
             else:
                 row[f"{who}_recall"] = row[f"{who}_precision"] = row[f"{who}_exact"] = float("nan")

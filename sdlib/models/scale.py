@@ -1,76 +1,62 @@
-"""The scale model: tiny EventGPT and Video-LLaVA of the real classes, sized to the real pair's cost ratios.
+"""The scale model: tiny EventGPT and Video-LLaVA of the real classes, their shapes, training and loading.
 
-Speculative decoding's speedup depends on cost *ratios*, so the scale model is calibrated to the ratios the
-original research measured on an RTX 4090 (both models 4-bit; DESIGN.md):
-
-========================  ===========  =====================
-quantity                  4090         ratio to match (±30%)
-========================  ===========  =====================
-target prefill  P_v       315.5 ms     P_v / d_v  = 21.6
-target decode   d_v       14.6 ms/tok  (unit)
-drafter prefill P_e       91.7 ms      P_e / P_v  = 0.29
-drafter decode  d_e       10.0 ms/tok  d_e / d_v  = 0.68
-prompt visual tokens      2056 / 578   ratio      = 3.56
-========================  ===========  =====================
-
-:func:`measure_costs` times both models in one process (warm-up, repetitions, medians, one intra-op thread by
-default, as each model gets one core in the ``two_devices`` placement).
+The shapes (:class:`ScaleSizes`) are calibrated so that the pair's cost ratios stand as on the original research's RTX
+4090; :mod:`sdlib.models.costs` holds the reference figures and measures the ratios. Training lives in
+:mod:`sdlib.models.train`; this module builds the pair, trains it in two processes and caches it under a key of its
+shapes, settings, data and code.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import statistics
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from sdlib.fingerprint import CodeFingerprint, scale_models_fingerprint
-from sdlib.models.train import cache_key
-
-#: The original's 4090 measurements and the ratios derived from them.
-REFERENCE_4090 = {"P_v": 315.5, "d_v": 14.6, "P_e": 8.6 + 83.1, "d_e": 10.0, "visual_tokens_target": 8 * 257,
-                  "visual_tokens_drafter": 578}
-REFERENCE_RATIOS = {
-    "P_v_over_d_v": REFERENCE_4090["P_v"] / REFERENCE_4090["d_v"],
-    "P_e_over_P_v": REFERENCE_4090["P_e"] / REFERENCE_4090["P_v"],
-    "d_e_over_d_v": REFERENCE_4090["d_e"] / REFERENCE_4090["d_v"],
-    "visual_token_ratio": REFERENCE_4090["visual_tokens_target"] / REFERENCE_4090["visual_tokens_drafter"],
-}
-TOLERANCE = 0.30
-
+from sdlib.models.train import cache_key, resolve_precision
 
 @dataclass(frozen=True)
 class ScaleSizes:
-    """Shapes of the scale-model pair (the calibrated defaults are what the book times and decodes)."""
+    """Shapes of the scale-model pair (the calibrated defaults are what the book times and decodes).
 
-    # target: Video-LLaVA = CLIP vision tower (8 frames) + Llama. The image sizes set the prompt lengths, and with
-    # them P_v/d_v and P_e/P_v (the widths barely move those ratios: measured on untrained models, whose costs
-    # equal the trained ones'). 64/96 px (520/146 tokens) put P_v/d_v at 27-30 against a bound of 28.1; 56/80 px
-    # (400/102 tokens) centre every ratio within 20% of the 4090's.
+    How the defaults were chosen (untrained models have the trained ones' costs; measured on one pinned core):
+
+    - a decode step of a 6-layer, 256-wide Llama spent more than half its time in the interpreter around its 43
+      linears, so ``P_v/d_v`` followed the machine's Python speed (11 to 25 between machines and runs); 2 layers of
+      width 512 spend most of a step reading weights, as the 4090's 4-bit decode does, and ``P_v/d_v`` moved by
+      about ±8% between runs on one machine;
+    - the drafter's Llama is narrower (384): EventGPT decodes at 0.68 of Video-LLaVA's step time on the 4090 and
+      prefills its 636-token prompt in 0.29 of the target's time, and a drafter with about 0.6 of the target's
+      weights per layer reproduces both (its 106 event tokens and ~46 text tokens are a larger share of its prompt
+      than the 4090's 578 + 58);
+    - the image sizes set the prompt lengths: 8 x 50 = 400 target visual tokens, and 5 event images of 80 px pooled
+      to 101 spatial + 5 temporal tokens (EventGPT's own 5-frame input), a ratio of 3.8 (4090: 3.6).
+    """
+
+    # target: Video-LLaVA = CLIP vision tower (8 frames) + Llama
     target_image: int = 56
     target_patch: int = 8
     target_vision_hidden: int = 64
     target_vision_layers: int = 2
-    target_hidden: int = 256
-    target_layers: int = 6
-    target_heads: int = 4
-    target_intermediate: int = 384
+    target_hidden: int = 512
+    target_layers: int = 2
+    target_heads: int = 8
+    target_intermediate: int = 1024
     # drafter: EventGPT = CLIP vision tower (event images) + projector + feature adaptor + pooling + Llama
     event_image: int = 80
     event_patch: int = 8
-    event_frames: int = 1
+    event_frames: int = 5  # EventGPT's inference splits the window into 5 equal-count event images
     drafter_vision_hidden: int = 64
     drafter_vision_layers: int = 2
-    drafter_hidden: int = 256
-    drafter_layers: int = 6  # the real EventGPT is a 7B Llama like the target: same depth
-    drafter_heads: int = 4
-    drafter_intermediate: int = 384
+    drafter_hidden: int = 384
+    drafter_layers: int = 2
+    drafter_heads: int = 6
+    drafter_intermediate: int = 768
 
     @property
     def target_visual_tokens(self) -> int:
@@ -120,170 +106,27 @@ def build_drafter(tokenizer, sizes: ScaleSizes, seed: int = 0):
     return EventChatModel(cfg)
 
 
-# ---- cost measurement -------------------------------------------------------------------------------------------
-COST_NAMES = ("P_v", "d_v", "P_e", "d_e")
-
-
-@dataclass
-class MeasuredCosts:
-    """Timings of the pair measured on this machine (the theory stage's ``sdlib.theory.Costs`` are model inputs).
-
-    Each repetition times every sample on the target, then on the drafter, so its four costs come from one short
-    window of the machine's life; a ratio is taken within each repetition, and the reported value is the median over
-    repetitions with the interquartile range beside it (the spread a reader should expect on a rerun)."""
-
-    P_v: float  # ms, target prefill incl. vision (median over repetitions)
-    d_v: float  # ms per token, target decode
-    P_e: float  # ms, drafter vision + prefill
-    d_e: float  # ms per token, drafter decode
-    visual_tokens_target: int
-    visual_tokens_drafter: int
-    threads: int
-    repeats: int
-    per_repeat: list[dict[str, float]] = field(default_factory=list)  # each repetition's medians of the four costs
-    pinned_cpu: int | None = None  # the core the timing thread was pinned to
-
-    def _ratio_samples(self) -> dict[str, list[float]]:
-        reps = self.per_repeat or [{k: getattr(self, k) for k in COST_NAMES}]
-        return {
-            "P_v_over_d_v": [r["P_v"] / r["d_v"] for r in reps],
-            "P_e_over_P_v": [r["P_e"] / r["P_v"] for r in reps],
-            "d_e_over_d_v": [r["d_e"] / r["d_v"] for r in reps],
-        }
-
-    @property
-    def ratios(self) -> dict[str, float]:
-        out = {k: statistics.median(v) for k, v in self._ratio_samples().items()}
-        out["visual_token_ratio"] = self.visual_tokens_target / self.visual_tokens_drafter
-        return out
-
-    @property
-    def ratio_iqr(self) -> dict[str, float]:
-        """Interquartile range of each ratio over the repetitions (0 for the token ratio, which is a count)."""
-        out = {k: _iqr(v) for k, v in self._ratio_samples().items()}
-        out["visual_token_ratio"] = 0.0
-        return out
-
-    @property
-    def cost_iqr(self) -> dict[str, float]:
-        return {k: _iqr([r[k] for r in self.per_repeat]) if self.per_repeat else 0.0 for k in COST_NAMES}
-
-    def to_theory(self, verify_slope: float = 0.0):
-        """These timings as the speedup models' :class:`sdlib.theory.Costs`."""
-        from sdlib.theory import Costs
-
-        return Costs(P_v=self.P_v, d_v=self.d_v, P_e=self.P_e, d_e=self.d_e, verify_slope=verify_slope)
-
-    def within_tolerance(self, tolerance: float = TOLERANCE) -> dict[str, bool]:
-        return {k: abs(v / REFERENCE_RATIOS[k] - 1.0) <= tolerance for k, v in self.ratios.items()}
-
-    def table(self, tolerance: float = TOLERANCE):
-        """The ratios beside the 4090's: median, IQR, the ±tolerance band and whether the median lies in it."""
-        import pandas as pd
-
-        ok = self.within_tolerance(tolerance)
-        rows = {k: {"scale model (median)": v, "IQR": self.ratio_iqr[k], "RTX 4090": REFERENCE_RATIOS[k],
-                    "band": f"{REFERENCE_RATIOS[k] * (1 - tolerance):.2f} – {REFERENCE_RATIOS[k] * (1 + tolerance):.2f}",
-                    "within band": ok[k]} for k, v in self.ratios.items()}
-        return pd.DataFrame(rows).T
-
-
-def _iqr(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[2] - q[0]
-
-
-@contextmanager
-def timing_conditions(threads: int = 1, pin: bool = True):
-    """Run the block with ``threads`` intra-op threads and, when ``pin``, the calling thread pinned to one core
-    (the first it may use); the previous thread count and affinity are restored after. Yields the core or None."""
-    import os
-
-    old_threads = torch.get_num_threads()
-    old_affinity = os.sched_getaffinity(0) if pin and hasattr(os, "sched_getaffinity") else None
-    cpu = min(old_affinity) if old_affinity else None
-    torch.set_num_threads(threads)
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
-    try:
-        yield cpu
-    finally:
-        torch.set_num_threads(old_threads)
-        if old_affinity is not None:
-            os.sched_setaffinity(0, old_affinity)
-
-
-def _timed_ms(model, call):
-    """(result, ms) of ``call()``, waiting for the model's device on both sides so the kernels are covered."""
-    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda *_: None)
-    sync(model.device)
-    t0 = time.perf_counter()
-    result = call()
-    sync(model.device)
-    return result, (time.perf_counter() - t0) * 1e3
-
-
-def _time_model(model, inputs, n_decode: int) -> tuple[float, list[float]]:
-    """(prefill ms, per-step decode ms) for one prompt, feeding the greedy token back."""
-    pre, prefill_ms = _timed_ms(model, lambda: model.prefill(inputs))
-    token = int(pre.logits.argmax())
-    steps = []
-    for _ in range(n_decode):
-        out, ms = _timed_ms(model, lambda: model.score(torch.tensor([token]), pre.cache))
-        steps.append(ms)
-        token = int(out.logits[-1].argmax())
-    return prefill_ms, steps
-
-
-def measure_costs(drafter, target, samples: Sequence[tuple[Any, Any]], repeats: int = 5, n_decode: int = 16,
-                  threads: int = 1, warmup: int = 2, pin: bool = True) -> MeasuredCosts:
-    """Prefill and per-token decode times of both models on the same samples, in this process.
-
-    ``samples`` are ``(drafter_inputs, target_inputs)`` pairs of prepared :class:`ModelInputs`. Each repetition
-    times every sample on the target, then on the drafter (interleaved, so a slow spell of the machine hits both);
-    ``warmup`` untimed repetitions come first. The timing thread runs on one pinned core with ``threads``
-    intra-op threads, as each model gets one core in the ``two_devices`` placement.
-    """
-    per_repeat = []
-    with timing_conditions(threads, pin) as cpu:
-        for rep in range(warmup + repeats):
-            pv, dv, pe, de = [], [], [], []
-            for d_in, t_in in samples:
-                p, s = _time_model(target, t_in, n_decode)
-                q, r = _time_model(drafter, d_in, n_decode)
-                pv.append(p); dv.extend(s); pe.append(q); de.extend(r)
-            if rep >= warmup:
-                per_repeat.append({"P_v": statistics.median(pv), "d_v": statistics.median(dv),
-                                   "P_e": statistics.median(pe), "d_e": statistics.median(de)})
-    d_in, t_in = samples[0]
-    med = {k: statistics.median(r[k] for r in per_repeat) for k in COST_NAMES}
-    return MeasuredCosts(
-        **med,
-        visual_tokens_target=int((t_in.input_ids == target.video_token_id).sum()),  # <video> tokens in the text
-        visual_tokens_drafter=drafter.prefill(d_in).prompt_len - int(d_in.input_ids.shape[1]) + 1,  # spliced
-        threads=threads, repeats=repeats, per_repeat=per_repeat, pinned_cpu=cpu,
-    )
-
-
 # ---- building, training and loading the pair ----------------------------------------------------------------------
-PROMPT_WORDS = "USER: ASSISTANT:\n"
 SPLIT_NAMES = ("train", "val", "test")
 
 
 def world_corpus(train_dir) -> list[str]:
-    """Text the scale-model tokenizer is built from: the train split's questions and both answer views, plus the
-    two prompt templates (val/test text is never looked at)."""
+    """Text the scale-model tokenizer is learnt from: every training example's text as the models will read it,
+    with the frequencies it has there: both models' prompts (system text and question; the visual placeholders are
+    special tokens and drop out), the RGB answer and the event answer. Val and test text is never looked at."""
     from sdlib.data.layout import read_instructions
-    from sdlib.models.eventgpt import SYSTEM_PROMPT
+    from sdlib.models.eventgpt import eventgpt_prompt
+    from sdlib.models.videollava import build_prompt
+    from sdlib.world import QUESTIONS
 
-    corpus = [SYSTEM_PROMPT, PROMPT_WORDS]
+    corpus = []
     for rec in read_instructions(train_dir):
-        corpus += [t["value"] for t in rec["conversations"]]
-        corpus += rec.get("meta", {}).get("answers_events", [])
-    seen: set[str] = set()
-    return [t for t in corpus if not (t in seen or seen.add(t))]
+        question, answer = (t["value"] for t in rec["conversations"][:2])
+        corpus += [eventgpt_prompt(question, style="plain"), build_prompt(question), answer]
+        events = rec.get("meta", {}).get("answers_events")
+        if events:
+            corpus.append(events[QUESTIONS.index(question)])
+    return corpus
 
 
 def make_decoders(tokenizer, sizes: ScaleSizes, drafter_model=None, target_model=None, seed: int = 0):
@@ -406,6 +249,7 @@ def pair_cache_key(sizes: ScaleSizes, cfg, max_train_clips: int | None, max_val_
     """The trained pair's cache key: hash(sizes, training settings, clip limits, the data set's content hashes, the
     fingerprint of the training code, :func:`sdlib.fingerprint.scale_models_fingerprint` unless ``code`` is given)."""
     code = code if code is not None else scale_models_fingerprint()
+    cfg = resolve_precision(cfg)  # "auto" becomes what this machine runs: it changes the weights, so it is keyed
     return cache_key(sizes.to_dict(), cfg.to_dict(), max_train_clips, max_val_clips, content_hashes, code.digest)
 
 
@@ -427,6 +271,7 @@ def train_pair(dataset_root, sizes: ScaleSizes, cfg, models_root, *, max_train_c
 
     dataset_root = Path(dataset_root)
     hashes = {s: read_manifest(dataset_root / s)["content_hash"] for s in SPLIT_NAMES}
+    cfg = resolve_precision(cfg)  # the pair records (and its training uses) the precision this machine runs
     key = pair_cache_key(sizes, cfg, max_train_clips, max_val_clips, hashes)
     pair = Path(models_root) / f"scale-{key}"
     if (pair / "DONE").is_file():
@@ -521,24 +366,3 @@ def load_pair(pair_dir, sizes: ScaleSizes | None = None):
                              f"{sorted(info['unexpected_keys'])[:3]}); refusing to run with random layers")
         models[which] = model.eval()
     return make_decoders(tok, sizes, models["drafter"], models["target"])
-
-
-def verify_curve(target, inputs, ks: Sequence[int] = (1, 2, 4, 8, 16), repeats: int = 5, threads: int = 1,
-                 warmup: int = 2, pin: bool = True) -> dict[int, float]:
-    """Median ms of verifying ``k`` drafts, for each ``k``: one target forward over ``k + 1`` tokens (the pending
-    token plus the ``k`` drafts, giving ``k + 1`` rows of logits, the last for the bonus token) on a freshly
-    prefilled cache, which is cropped back after each forward. ``k = 0`` is a plain decode step."""
-    from sdlib.models.interface import crop_cache
-
-    out: dict[int, list[float]] = {k: [] for k in ks}
-    with timing_conditions(threads, pin):
-        pre = target.prefill(inputs)
-        base = pre.prompt_len
-        tokens = torch.full((max(ks) + 1,), int(pre.logits.argmax()), dtype=torch.long)
-        for rep in range(warmup + repeats):
-            for k in ks:
-                _, ms = _timed_ms(target, lambda: target.score(tokens[: k + 1], pre.cache))
-                crop_cache(pre.cache, base)
-                if rep >= warmup:
-                    out[k].append(ms)
-    return {k: statistics.median(v) for k, v in out.items()}
