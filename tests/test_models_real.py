@@ -377,7 +377,7 @@ def test_real_profile_stage_runs_on_stand_in_checkpoints(published, tmp_path, mo
     assert m["ratios"]["visual_token_ratio"] == pytest.approx(8 * S_TOKENS / (5 + S_TOKENS))
     glued = runner.glued_values(tmp_path / "stages" / "01_models.ipynb")
     assert glued["train_summary"].startswith("loaded from the published checkpoints")
-    assert glued["tokenizer_identical"].startswith("use different tokenizers")
-    assert "no reference answers" in glued["quality_text"]
+    assert glued["tokenizer_text"].startswith("use different tokenizers")
+    assert "without reference answers" in glued["goal_text"] and "without reference answers" in glued["reliance_text"]
     saved = json.loads((data / "results" / "01_models.json").read_text())
     assert saved["profile"] == "real" and saved["parameters"]["source"] == "real"

@@ -1,15 +1,21 @@
 """Training the scale-model pair: a plain PyTorch loop, resumable, seeded, with validation-only model selection.
 
 Both models learn to answer the world's questions from their own sensor: the target (Video-LLaVA class) from the
-8 RGB frames with the RGB answers, the drafter (EventGPT class) from the event image with the answers events can
-support.  Each step takes one clip and its 10 question-answer pairs.  The 10 prompts share everything up to the
-question (system text and the visual tokens, ~90% of the target's prompt), so the shared *prefix* is run once and
-its key/value cache is repeated for the 10 continuations; gradients flow back through the repeated cache into the
-prefix.  The loss equals the loss of 10 separate full sequences (a test checks it) at a fraction of the cost.
+8 RGB frames with the RGB answers, the drafter (EventGPT class) from its event images with the answers events can
+support. Training has two stages:
 
-Checkpoints are safetensors (weights and optimizer state) plus JSON (step, data order, RNG state, history), so a
-killed run resumes where its last checkpoint left it; finished models are cached under a key of (sizes, training
-settings, data hash), so an unchanged ``make book`` does not retrain.
+1. :func:`pretrain_vision`: the vision path alone learns, through a :class:`FactHead` probe, which facts a clip's
+   answers state (a vision path trained only through the language model stayed unused in this budget);
+2. :func:`train_model`'s loop: the language model learns the answers, the vision path kept as stage 1 left it (or
+   trained on at ``vision_lr_scale`` times the learning rate). Each step takes one clip and its 10 question-answer
+   pairs. The 10 prompts share everything up to the question (system text and the visual tokens), so the shared
+   *prefix* is run once and its key/value cache is repeated for the 10 continuations; gradients flow back through the
+   repeated cache into the prefix. The loss equals the loss of 10 separate full sequences (a test checks it).
+
+Checkpoints are folders of safetensors (weights, optimizer state, best weights, RNG state) plus JSON (step,
+history, early-stopping counters), written whole and renamed into place, so a run killed at any moment resumes to
+the same weights; finished models are cached under a key of (sizes, training settings, data hash, code fingerprint),
+so an unchanged ``make book`` does not retrain.
 """
 from __future__ import annotations
 
@@ -228,6 +234,7 @@ def pretrain_vision(lm, train: Sequence[Example], cfg: TrainConfig, log: Callabl
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+    opt.zero_grad(set_to_none=True)  # no stale gradients for stage 2's clipping to see
     tail = losses[-max(1, len(losses) // 10):]
     log(f"vision pretrained on {len(vocabulary)} facts for {cfg.probe_steps} steps (final loss {np.mean(tail):.3f})")
     return {"facts": len(vocabulary), "steps": cfg.probe_steps, "final_loss": float(np.mean(tail))}
@@ -472,7 +479,7 @@ def train_model(model: torch.nn.Module, lm, train: Sequence[Example], val: Seque
             loss, _ = clip_loss(lm, train[int(order[pos])], pad_id=pad_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
         opt.step()
         state["step"] = step + 1
         if bar:
