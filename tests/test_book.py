@@ -17,6 +17,8 @@ import pytest
 from sdlib import paths, runner
 from sdlib.models import costs, scale
 
+from fixtures_browser import headless_chrome
+
 pytestmark = pytest.mark.slow
 SMOKE_CELL_TIMEOUT = 600  # seconds; a smoke stage takes about a minute in all
 
@@ -94,8 +96,6 @@ def test_a_missing_glue_key_fails_the_build(smoke_book, tmp_path):
 
 
 # ---- a real browser ------------------------------------------------------------------------------------------
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
@@ -114,21 +114,7 @@ def served(smoke_book):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("chromium/chromedriver missing: `make browser` installs them (apt packages chromium, chromium-driver)")
-    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach for the network
-    from selenium import webdriver
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1800",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(60)
+    driver = headless_chrome(tmp_path_factory.mktemp("chromium-profile"), performance_log=True)
     yield driver
     driver.quit()
 

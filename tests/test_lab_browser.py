@@ -18,10 +18,10 @@ import pytest
 
 from sdlib import paths, runner
 
+from fixtures_browser import headless_chrome
+
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 SERVER_START_S = 90  # JupyterLab answering /api/status
 NOTEBOOK_RUN_S = 300  # every cell of the smoke-sized notebook, on a busy 2-core machine
 REDRAW_S = 60  # one slider step: the kernel redraws two small panels
@@ -94,20 +94,7 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chrome(tmp_path_factory):
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("chromium/chromedriver missing: `make browser` installs them (apt: chromium, chromium-driver)")
-    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach for the network
-    from selenium import webdriver
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-lab-profile')}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(60)
+    driver = headless_chrome(tmp_path_factory.mktemp("chromium-lab-profile"), window="1400,1000")
     driver.set_script_timeout(30)
     yield driver
     driver.quit()
