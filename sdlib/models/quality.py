@@ -1,22 +1,6 @@
 """Answer quality of a drafter/target pair and their token agreement (stage 01_models).
 
-**Facts.** An answer's facts are its words that carry scene content, each tagged with its kind:
-
-========  ===============================================================  ==========================
-kind      words                                                            canonical value
-========  ===============================================================  ==========================
-object    road-user nouns: car, passenger car, lorry, bus, cyclist, ...     the road-user kind
-colour    paint and clothing colours (``a red car``, ``wearing green``)     the colour
-count     number words before a road user, a static object or ``more``      the number
-light     the traffic light's state (``turns amber``, ``from red to``)      the state
-motion    what a road user (or the ego car) does: parked, crossing, ...    one of 9 motion classes
-static    buildings, trees, poles, street lamps                             the kind
-layout    lanes, two-way, dashed line, intersection, zebra crossing, ...   the word
-setting   time of day and surroundings: night, dusk, suburban, ...          the word
-========  ===============================================================  ==========================
-
-A colour word is a light state when it is not a vehicle's or a person's colour (not before a road-user noun, not
-after ``in``/``wearing``/``dressed``), e.g. ``the light is green``. A generated answer is scored against the
+**Facts** are read from the answers' words (:mod:`sdlib.models.fact_words`). A generated answer is scored against the
 reference answer *of its own view* by the multiset of (kind, value) facts: recall (share of the reference's facts it
 states), precision (share of its facts the reference states), per kind and overall. **RGB-only facts** are those of
 the RGB reference that the event reference of the same prompt lacks (colours, static objects while the ego stands
@@ -38,7 +22,6 @@ answers.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -46,103 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-FACT_KINDS: tuple[str, ...] = ("object", "colour", "count", "light", "motion", "static", "layout", "setting")
-REPORTED_KINDS: tuple[str, ...] = ("object", "colour", "count", "light", "motion", "static")  # the issue's six
-
-_WORD = re.compile(r"[A-Za-z0-9]+(?:'[a-z]+)?|[^\sA-Za-z0-9]")
-_NUMBER_WORDS = {"no": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
-                 "eight": "8", "nine": "9", "ten": "10"}
-_OBJECTS = {"car": "car", "cars": "car", "truck": "truck", "trucks": "truck", "lorry": "truck", "lorries": "truck",
-            "bus": "bus", "buses": "bus", "cyclist": "bicycle", "cyclists": "bicycle", "bicycle": "bicycle",
-            "bicycles": "bicycle", "pedestrian": "pedestrian", "pedestrians": "pedestrian", "person": "pedestrian",
-            "people": "pedestrian", "vehicle": "vehicle", "vehicles": "vehicle"}
-_NOUN_MODIFIERS = {"passenger"}  # "passenger car": tagged with the noun, no fact of its own
-_COLOURS = {"white", "silver", "grey", "black", "red", "blue", "green", "yellow", "orange", "brown", "amber"}
-_LIGHT_STATES = {"red", "amber", "green"}
-_COLOUR_CUES = {"in", "wearing", "dressed"}
-_MOTION = {"parked": "parked", "stopped": "stopped", "waiting": "stopped", "stationary": "stopped",
-           "still": "stopped", "crossing": "crossing", "crosses": "crossing", "cross": "crossing",
-           "stepping": "crossing", "walking": "walking", "walks": "walking", "strolling": "walking",
-           "walk": "walking", "standing": "standing", "stands": "standing", "riding": "riding",
-           "rides": "riding", "cycling": "riding", "coming": "oncoming", "approaches": "oncoming",
-           "approaching": "oncoming", "towards": "oncoming", "oncoming": "oncoming", "away": "away",
-           "travels": "moving", "driving": "moving", "moving": "moving", "drives": "moving", "flowing": "moving",
-           "pass": "moving"}
-_STATICS = {"building": "building", "buildings": "building", "tree": "tree", "trees": "tree", "pole": "pole",
-            "poles": "pole", "streetlamp": "streetlamp", "streetlamps": "streetlamp", "lamps": "streetlamp"}
-_LAYOUT = {"lane", "lanes", "way", "dashed", "solid", "double", "intersection", "zebra", "crosswalk", "straight",
-           "curves", "bends", "bend", "curve"}
-_SETTING = {"day", "daylight", "dusk", "twilight", "evening", "night", "dark", "darkness", "city", "urban",
-            "suburban", "town"}
-
-
-def words_of(text: str) -> list[str]:
-    """Words and punctuation marks of ``text`` (the unit facts are tagged on)."""
-    return _WORD.findall(text)
-
-
-def tag_words(words: Sequence[str]) -> list[tuple[str, str | None] | None]:
-    """Per word: ``(kind, value)`` for a fact word (value None for a word that is part of a fact but adds none,
-    e.g. ``passenger`` in ``passenger car``), or None for a template word."""
-    lw = [w.lower() for w in words]
-    n = len(lw)
-    tags: list[tuple[str, str | None] | None] = [None] * n
-
-    def noun_at(j: int) -> bool:
-        return 0 <= j < n and (lw[j] in _OBJECTS or lw[j] in _NOUN_MODIFIERS or lw[j] in _STATICS
-                               or lw[j] == "street")
-
-    for i, w in enumerate(lw):
-        nxt = lw[i + 1] if i + 1 < n else ""
-        prv = lw[i - 1] if i else ""
-        if w in _OBJECTS:
-            # "person on a bicycle" / "people on bicycles" is a cyclist: the bicycle word carries the fact
-            if w in ("person", "people") and nxt == "on" and i + 2 < n and lw[i + 2] in ("a", "bicycles"):
-                tags[i] = ("object", None)
-            else:
-                tags[i] = ("object", _OBJECTS[w])
-        elif w in _NOUN_MODIFIERS and i + 1 < n and lw[i + 1] in _OBJECTS:
-            tags[i] = ("object", None)
-        elif w == "street" and nxt in ("lamp", "lamps"):
-            tags[i] = ("static", None)
-        elif w in ("lamp", "lamps") and prv == "street":
-            tags[i] = ("static", "streetlamp")
-        elif w in _STATICS:
-            tags[i] = ("static", _STATICS[w])
-        elif w == "dark" and nxt in _COLOURS:
-            tags[i] = ("colour", None)
-        elif w in _COLOURS:
-            vehicle_colour = noun_at(i + 1) or prv in _COLOUR_CUES or (prv == "dark" and noun_at(i + 1))
-            value = f"dark {w}" if prv == "dark" else w
-            if not vehicle_colour and w in _LIGHT_STATES:
-                tags[i] = ("light", w)
-            else:
-                tags[i] = ("colour", value)
-        elif w in _NUMBER_WORDS:
-            if nxt in ("-", "lane", "lanes", "way") or (nxt == "-" and i + 2 < n):
-                tags[i] = ("layout", _NUMBER_WORDS[w])
-            elif noun_at(i + 1) or nxt == "more" or (i + 2 < n and nxt in _COLOURS and noun_at(i + 2)):
-                tags[i] = ("count", _NUMBER_WORDS[w])
-        elif w == "crossing" and prv in ("zebra", "pedestrian"):
-            tags[i] = ("layout", "crossing")
-        elif w == "crossing" and nxt == "street":
-            tags[i] = ("layout", "intersection")
-        elif w == "away" and prv == "further":  # "further away": a distance, not a motion
-            continue
-        elif w == "stands" and nxt in ("parked", "still"):  # "stands parked", "stands still": the next word says it
-            tags[i] = ("motion", None)
-        elif w in _MOTION:
-            tags[i] = ("motion", _MOTION[w])
-        elif w in _LAYOUT:
-            tags[i] = ("layout", w)
-        elif w in _SETTING:
-            tags[i] = ("setting", w)
-    return tags
-
-
-def answer_facts(text: str) -> Counter:
-    """Multiset of ``(kind, value)`` facts stated by an answer."""
-    return Counter(t for t in tag_words(words_of(text)) if t is not None and t[1] is not None)
+from sdlib.models.fact_words import FACT_KINDS, REPORTED_KINDS, WORD_RE, answer_facts, tag_words, words_of
 
 
 def fact_scores(generated: str, reference: str, only: Counter | None = None) -> dict[str, float]:
@@ -178,7 +65,7 @@ def token_fact_mask(tokenizer: Any, ids: Sequence[int]) -> np.ndarray:
     prefixes = tokenizer.batch_decode([ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True)
     ends = [len(t) for t in prefixes]  # character offset where each token's text ends
     text = prefixes[-1] if prefixes else ""
-    spans = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(text)]
+    spans = [(m.start(), m.end(), m.group()) for m in WORD_RE.finditer(text)]
     tags = tag_words([s[2] for s in spans])
     fact_chars = np.zeros(len(text) + 1, dtype=bool)
     for (a, b, _), tag in zip(spans, tags):

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sdlib.models.fact_words import answer_facts
+
 IGNORE = -100
 
 
@@ -170,10 +172,8 @@ class FactHead(torch.nn.Module):
 
 def fact_vocabulary(answer_sets: Iterable[Sequence[str]], min_clips: int = 5) -> list[tuple[str, str]]:
     """The (kind, value) facts stated in the answers of at least ``min_clips`` clips, sorted (one set of answers
-    per clip; see :func:`sdlib.models.quality.answer_facts`)."""
+    per clip; see :func:`sdlib.models.fact_words.answer_facts`)."""
     from collections import Counter
-
-    from sdlib.models.quality import answer_facts
 
     seen: Counter = Counter()
     for answers in answer_sets:
@@ -183,8 +183,6 @@ def fact_vocabulary(answer_sets: Iterable[Sequence[str]], min_clips: int = 5) ->
 
 def fact_labels(answers: Sequence[str], vocabulary: Sequence[tuple[str, str]]) -> torch.Tensor:
     """Multi-hot [len(vocabulary)]: which facts of the vocabulary the clip's answers state."""
-    from sdlib.models.quality import answer_facts
-
     stated = {f for a in answers for f in answer_facts(a)}
     return torch.tensor([float(f in stated) for f in vocabulary])
 
