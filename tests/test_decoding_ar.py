@@ -1,11 +1,13 @@
-"""The greedy baseline through the DecodingModel interface: token-identical to transformers' own greedy `generate`
-(with and without an EOS stop), block scoring equal to single steps, and cache cropping that re-scores exactly."""
+"""The autoregressive baseline through the DecodingModel interface: token-identical to transformers' own `generate`,
+greedy (with and without an EOS stop) and sampled with the same seed; block scoring equal to single steps; cache
+cropping that re-scores exactly."""
 import numpy as np
 import pytest
 import torch
 from transformers import VideoLlavaForConditionalGeneration
 
-from sdlib.decoding.ar import GreedyResult, greedy_decode
+from sdlib.decoding.ar import ARResult, ar_decode, greedy_decode
+from sdlib.decoding.processors import Sampling
 from sdlib.models.interface import cache_length
 from sdlib.models.tokenizer import train_tokenizer
 from sdlib.models.videollava import ResizeNormalize, VideoLlavaDecoder, video_llava_config
@@ -84,6 +86,34 @@ def test_eos_stop_matches_generate(decoder, tok, model):
     assert ignoring.tokens == free.tokens and not ignoring.stopped_at_eos
 
 
+@pytest.mark.parametrize("sampling", [Sampling(temperature=1.0), Sampling(temperature=0.8, top_k=20),
+                                      Sampling(temperature=1.2, top_p=0.9)], ids=str)
+def test_sampling_is_token_identical_to_generate_seeded_alike(decoder, model, sampling):
+    rng = np.random.default_rng(5)
+    distinct = set()
+    for i, question in enumerate(QUESTIONS[2::8]):  # 10 prompts
+        inputs = decoder.prepare(question, clip(rng))
+        torch.manual_seed(100 + i)
+        ours = ar_decode(decoder, inputs, MAX_NEW, sampling).tokens
+        torch.manual_seed(100 + i)
+        with torch.no_grad():
+            out = model.generate(input_ids=inputs.input_ids, pixel_values_videos=inputs.extra["pixel_values_videos"],
+                                 do_sample=True, temperature=sampling.temperature, top_k=sampling.top_k,
+                                 top_p=sampling.top_p, max_new_tokens=MAX_NEW,
+                                 eos_token_id=decoder.eos_token_id)
+        assert ours == out[0, inputs.input_ids.shape[1]:].tolist(), question
+        distinct.add(tuple(ours))
+    assert len(distinct) >= 8
+
+
+def test_a_seeded_generator_makes_sampling_reproducible(decoder):
+    inputs = decoder.prepare(QUESTIONS[3], clip(np.random.default_rng(6)))
+    s = Sampling(temperature=1.0)
+    runs = [ar_decode(decoder, inputs, MAX_NEW, s, torch.Generator().manual_seed(seed), stop_at_eos=False).tokens
+            for seed in (1, 1, 2)]
+    assert runs[0] == runs[1] != runs[2]  # reproducible, and really sampled
+
+
 def test_scoring_k_tokens_at_once_equals_k_single_steps(decoder):
     inputs = decoder.prepare(QUESTIONS[7], clip(np.random.default_rng(2)))
     gen = torch.Generator().manual_seed(0)
@@ -124,7 +154,7 @@ def test_crop_then_rescore_reproduces_the_logits(decoder):
 def test_result_bookkeeping_and_argument_checks(decoder):
     inputs = decoder.prepare(QUESTIONS[20], clip(np.random.default_rng(4)))
     one = greedy_decode(decoder, inputs, 1, keep_logits=True)
-    assert isinstance(one, GreedyResult) and one.n_tokens == 1 and one.step_times_ms == []
+    assert isinstance(one, ARResult) and one.n_tokens == 1 and one.step_times_ms == []
     assert np.isnan(one.ms_per_token) and one.total_ms == one.prefill_ms
     res = greedy_decode(decoder, inputs, 5, stop_at_eos=False, keep_logits=True)
     assert res.logits.shape == (5, len(decoder.tokenizer)) and res.logits.argmax(-1).tolist() == res.tokens

@@ -1,7 +1,9 @@
-"""The autoregressive greedy baseline: one target forward per token, through the DecodingModel interface.
+"""The autoregressive baseline: one target forward per token, through the DecodingModel interface.
 
-Every speculative run is compared against this loop, token for token (losslessness) and in wall-clock time (speedup).
-It runs the same ``prefill``/``score`` calls the speculative loop uses, so the two differ only in the method.
+Every speculative run is compared against this loop: token for token under greedy decoding, in distribution under
+sampling (both choose tokens through :mod:`sdlib.decoding.processors`, so the speculative path verifies against
+exactly the distribution this loop samples from), and in wall-clock time (speedup). It runs the same
+``prefill``/``score`` calls the speculative loop uses, so the two differ only in the method.
 
 Timing: ``time.perf_counter`` around each call; on CUDA the device is synchronised before reading the clock so that
 the time covers the kernels, not just their launch. ``prefill_ms`` is the prompt forward (vision included) and the
@@ -15,12 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sdlib.decoding.processors import GREEDY, Sampling, probabilities, sample
 from sdlib.models.interface import DecodingModel, ModelInputs
 
 
 @dataclass
-class GreedyResult:
-    """The target's own greedy answer and what it cost."""
+class ARResult:
+    """The target's own answer (greedy or sampled) and what it cost."""
 
     tokens: list[int]  # generated ids; the EOS token is included when the answer stopped on it
     hidden: torch.Tensor  # [n, hidden] hidden[i] = the post-norm state whose lm_head output chose tokens[i]
@@ -28,7 +31,7 @@ class GreedyResult:
     step_times_ms: list[float]  # one per decode forward: len == n - 1
     prompt_len: int  # positions in the cache after the prefill
     stopped_at_eos: bool
-    logits: torch.Tensor | None = field(default=None, repr=False)  # [n, vocab] when keep_logits=True
+    logits: torch.Tensor | None = field(default=None, repr=False)  # [n, vocab] raw logits when keep_logits=True
 
     @property
     def n_tokens(self) -> int:
@@ -54,25 +57,37 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> int:
+    """The next token from next-token ``logits`` [vocab]: the argmax (first index on ties, as ``generate``) when
+    greedy, else a draw from :func:`~sdlib.decoding.processors.probabilities`."""
+    if sampling.greedy:
+        return int(logits.argmax())
+    return int(sample(probabilities(logits, sampling), generator))
+
+
 @torch.no_grad()
-def greedy_decode(
+def ar_decode(
     model: DecodingModel,
     inputs: ModelInputs,
     max_new_tokens: int,
+    sampling: Sampling = GREEDY,
+    generator: torch.Generator | None = None,
     stop_at_eos: bool = True,
     keep_logits: bool = False,
-) -> GreedyResult:
-    """Greedy decoding of up to ``max_new_tokens`` tokens (argmax, first index on ties, as ``generate`` does).
+) -> ARResult:
+    """Autoregressive decoding of up to ``max_new_tokens`` tokens, greedy or sampled (``sampling``; draws come from
+    ``generator``, or torch's global generator when None, as in ``generate``).
 
-    Stops after emitting ``model.eos_token_id`` when ``stop_at_eos``. Token-identical to
-    ``generate(do_sample=False, max_new_tokens=...)`` of the wrapped model.
+    Stops after emitting ``model.eos_token_id`` when ``stop_at_eos``. Greedy output is token-identical to
+    ``generate(do_sample=False, ...)`` of the wrapped model; sampled output, seeded alike, to ``generate(do_sample=True,
+    temperature=..., top_k=..., top_p=...)``.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
     _sync()
     start = time.perf_counter()
     pre = model.prefill(inputs)
-    token = int(pre.logits.argmax())
+    token = choose(pre.logits, sampling, generator)
     _sync()
     prefill_ms = (time.perf_counter() - start) * 1e3
 
@@ -84,14 +99,14 @@ def greedy_decode(
     while len(tokens) < max_new_tokens and not (stop_at_eos and token == model.eos_token_id):
         start = time.perf_counter()
         scored = model.score(torch.tensor([token], dtype=torch.long), cache)
-        token = int(scored.logits[-1].argmax())
+        token = choose(scored.logits[-1], sampling, generator)
         _sync()
         step_times_ms.append((time.perf_counter() - start) * 1e3)
         tokens.append(token)
         hidden.append(scored.hidden[-1])
         if keep_logits:
             logits.append(scored.logits[-1])
-    return GreedyResult(
+    return ARResult(
         tokens=tokens,
         hidden=torch.stack(hidden),  # [n, hidden]
         prefill_ms=prefill_ms,
@@ -100,3 +115,9 @@ def greedy_decode(
         stopped_at_eos=stop_at_eos and tokens[-1] == model.eos_token_id,
         logits=torch.stack(logits) if keep_logits else None,  # [n, vocab]
     )
+
+
+def greedy_decode(model: DecodingModel, inputs: ModelInputs, max_new_tokens: int, stop_at_eos: bool = True,
+                  keep_logits: bool = False) -> ARResult:
+    """Greedy :func:`ar_decode` (argmax, first index on ties); token-identical to ``generate(do_sample=False)``."""
+    return ar_decode(model, inputs, max_new_tokens, GREEDY, None, stop_at_eos, keep_logits)
