@@ -163,5 +163,6 @@ def test_result_bookkeeping_and_argument_checks(decoder):
     assert res.ms_per_token == pytest.approx(sum(res.step_times_ms) / 4)
     with pytest.raises(ValueError, match="max_new_tokens=0"):
         greedy_decode(decoder, inputs, 0)
-    with pytest.raises(ValueError, match=r"tokens: expected a non-empty 1-D"):
-        decoder.score(torch.tensor([[1, 2]]), decoder.prefill(inputs).cache)
+    for bad in (torch.tensor([[1, 2], [3, 4]]), torch.tensor([], dtype=torch.long)):
+        with pytest.raises(ValueError, match=r"tokens: expected a non-empty 1-D"):
+            decoder.score(bad, decoder.prefill(inputs).cache)

@@ -5,10 +5,10 @@ sampling (both choose tokens through :mod:`sdlib.decoding.processors`, so the sp
 exactly the distribution this loop samples from), and in wall-clock time (speedup). It runs the same
 ``prefill``/``score`` calls the speculative loop uses, so the two differ only in the method.
 
-Timing: ``time.perf_counter`` around each call; on CUDA the device is synchronised before reading the clock so that
-the time covers the kernels, not just their launch. ``prefill_ms`` is the prompt forward (vision included) and the
-first token's argmax; ``step_times_ms[i]`` is one decode forward (one token appended) and its argmax. Input
-preparation (frame sampling, pixel preprocessing, tokenization) is not timed here.
+Timing: ``time.perf_counter`` around each call; on CUDA the model's own device (and no other) is synchronised before
+reading the clock, so that the time covers the kernels, not just their launch. ``prefill_ms`` is the prompt forward
+(vision included) and the first token's choice; ``step_times_ms[i]`` is one decode forward (one token appended) and
+its choice. Input preparation (frame sampling, pixel preprocessing, tokenization) is not timed here.
 """
 from __future__ import annotations
 
@@ -51,10 +51,11 @@ class ARResult:
         return self.decode_ms / len(self.step_times_ms) if self.step_times_ms else float("nan")
 
 
-def _sync() -> None:
-    """Wait for queued CUDA work (no-op on CPU), so the clock measures kernels, not launches."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+def _sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (no-op off CUDA), so the clock measures kernels, not launches; other
+    devices (a drafter running beside the target) are not waited for."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> int:
@@ -84,11 +85,12 @@ def ar_decode(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
-    _sync()
+    device = model.device
+    _sync(device)
     start = time.perf_counter()
     pre = model.prefill(inputs)
     token = choose(pre.logits, sampling, generator)
-    _sync()
+    _sync(device)
     prefill_ms = (time.perf_counter() - start) * 1e3
 
     tokens = [token]
@@ -100,7 +102,7 @@ def ar_decode(
         start = time.perf_counter()
         scored = model.score(torch.tensor([token], dtype=torch.long), cache)
         token = choose(scored.logits[-1], sampling, generator)
-        _sync()
+        _sync(device)
         step_times_ms.append((time.perf_counter() - start) * 1e3)
         tokens.append(token)
         hidden.append(scored.hidden[-1])

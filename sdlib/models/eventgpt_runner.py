@@ -1,4 +1,4 @@
-"""EventGPT behind the :class:`~sdlib.models.interface.DecodingModel` protocol the decoding engine uses.
+"""EventGPT as a :class:`~sdlib.models.interface.DecodingModel`, the interface the decoding engine uses.
 
 :class:`EventGPTDecoder` turns a question and event images into the ``eventgpt_v1`` prompt, runs the event branch and
 the prompt in one prefill, and then scores blocks of tokens against a :class:`~sdlib.models.kvcache.KVCache`. Hidden states are the Llama's
@@ -31,7 +31,7 @@ from sdlib.models.eventgpt import (
     eventgpt_prompt,
     tokenizer_event_token,
 )
-from sdlib.models.interface import ModelInputs, Prefilled, Scored, crop_cache
+from sdlib.models.interface import DecodingModel, ModelInputs
 from sdlib.models.kvcache import KVCache
 
 __all__ = ["EventGPTDecoder", "ImagePreprocess", "clip_style_preprocess", "event_preprocessor", "CLIP_MEAN", "CLIP_STD"]
@@ -107,7 +107,7 @@ def event_preprocessor(clip_dir: str | Path | None = None, image_size: int | Non
     return clip_style_preprocess(int(image_size))
 
 
-class EventGPTDecoder:
+class EventGPTDecoder(DecodingModel):
     """An :class:`EventChatModel` + tokenizer + image preprocessing, as a ``DecodingModel``.
 
     ``prepare(question, visual)`` accepts as ``visual``: event images (uint8 ``[T, H, W, 3]`` or a list of
@@ -149,8 +149,8 @@ class EventGPTDecoder:
 
     # -- protocol ---------------------------------------------------------------------------------------------------
     @property
-    def device(self) -> torch.device:
-        return self.model.model.embed_tokens.weight.device
+    def decoder(self) -> torch.nn.Module:
+        return self.model.model  # the Llama stack (EventChatLlamaModel); its output is final-normed
 
     @property
     def lm_head(self) -> torch.nn.Module:
@@ -205,45 +205,24 @@ class EventGPTDecoder:
             visual = self.preprocess(visual)
         return self.model.encode_events(visual.to(self.device))  # [N, hidden]
 
+    def encode_visual(self, inputs: ModelInputs) -> torch.Tensor:
+        """The event branch alone: event features [N, hidden] as the Llama receives them (the cached features when
+        the inputs carry them)."""
+        if "event_features" in inputs.extra:
+            return inputs.extra["event_features"].to(self.device)
+        if "event_pixel_values" in inputs.extra:
+            with torch.no_grad():
+                return self.model.encode_events(inputs.extra["event_pixel_values"].to(self.device))  # [N, hidden]
+        raise ValueError("inputs.extra has neither event_pixel_values nor event_features (prepare the inputs with "
+                         "prepare())")
+
     def new_cache(self) -> KVCache:
         return KVCache(self.model.config)
 
-    @torch.no_grad()
-    def prefill(self, inputs: ModelInputs) -> Prefilled:
-        """Event branch + prompt in one forward; logits/hidden (float32) at the last prompt position and the filled
-        cache."""
+    def _forward_prompt(self, inputs: ModelInputs, visual: torch.Tensor, cache: Any, hidden_states: bool) -> Any:
         input_ids = inputs.input_ids.to(self.device)
-        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-            raise ValueError(f"prefill: input_ids shape {tuple(input_ids.shape)}; expected [1, prompt_len]")
-        if "event_features" in inputs.extra:
-            features = inputs.extra["event_features"]
-        elif "event_pixel_values" in inputs.extra:
-            features = self.model.encode_events(inputs.extra["event_pixel_values"].to(self.device))  # [N, hidden]
-        else:
-            raise ValueError("prefill: inputs.extra has neither event_pixel_values nor event_features")
         if not bool((input_ids == EVENT_TOKEN_INDEX).any()):
             raise ValueError(f"prefill: input_ids holds no <event> placeholder ({EVENT_TOKEN_INDEX})")
-        inputs_embeds, _, _ = self.model.model.embed_with_events(input_ids, features)  # [1, L - 1 + N, hidden]
-        cache = self.new_cache()
-        out = self.model.model(inputs_embeds=inputs_embeds, cache=cache, use_cache=True)
-        hidden = out.last_hidden_state[0, -1]  # [hidden], post final norm
-        logits = self.model.lm_head(hidden)  # [vocab]
-        return Prefilled(logits=logits.float(), hidden=hidden.float(), cache=cache,
-                         prompt_len=int(cache.get_seq_length()))
-
-    @torch.no_grad()
-    def score(self, tokens: torch.Tensor | Sequence[int], cache: Any) -> Scored:
-        """Append ``tokens`` ([k] or [1, k]) to ``cache`` in one forward; logits [k, vocab] and hidden [k, hidden]
-        (float32)."""
-        ids = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
-        if ids.dim() == 1:
-            ids = ids.unsqueeze(0)  # [1, k]
-        if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
-            raise ValueError(f"score: tokens shape {tuple(ids.shape)}; expected [k] or [1, k] with k >= 1")
-        out = self.model.model(input_ids=ids, cache=cache, use_cache=True)
-        hidden = out.last_hidden_state[0]  # [k, hidden], post final norm
-        logits = self.model.lm_head(hidden)  # [k, vocab]
-        return Scored(logits=logits.float(), hidden=hidden.float())
-
-    def crop(self, cache: Any, length: int) -> None:
-        crop_cache(cache, length)
+        inputs_embeds, _, _ = self.model.model.embed_with_events(input_ids, visual)  # [1, L - 1 + N, hidden]
+        return self.model.model(inputs_embeds=inputs_embeds, cache=cache, use_cache=True,
+                                output_hidden_states=hidden_states)

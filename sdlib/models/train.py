@@ -426,8 +426,18 @@ def train_model(model: torch.nn.Module, lm, train: Sequence[Example], val: Seque
 
     A run killed at any moment and resumed ends with the same weights as an uninterrupted run (same data order,
     learning rates, optimizer and RNG state). Selection uses the validation loss only; the best weights end in
-    ``out_dir/best.safetensors`` and in ``model``.
+    ``out_dir/best.safetensors`` and in ``model``. Runs with ``cfg.threads`` intra-op threads and gives the caller's
+    thread count back when it returns.
     """
+    old_threads = torch.get_num_threads()
+    try:
+        return _train_model(model, lm, train, val, cfg, out_dir, pad_id, progress, log)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train_model(model: torch.nn.Module, lm, train: Sequence[Example], val: Sequence[Example], cfg: TrainConfig,
+                 out_dir: Path, pad_id: int, progress: Callable | None, log: Callable) -> TrainResult:
     from safetensors.torch import load_file
 
     cfg = resolve_precision(cfg)

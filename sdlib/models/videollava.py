@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from sdlib.models.interface import ModelInputs, Prefilled, Scored, crop_cache
+from sdlib.models.interface import DecodingModel, ModelInputs
 from sdlib.models.kvcache import KVCache
 from sdlib.world.render import RGB_FRAMES, uniform_frame_indices
 
@@ -316,8 +316,8 @@ def video_llava_config(
 # The DecodingModel
 
 
-class VideoLlavaDecoder:
-    """A ``VideoLlavaForConditionalGeneration`` behind the :class:`~sdlib.models.interface.DecodingModel` protocol.
+class VideoLlavaDecoder(DecodingModel):
+    """A ``VideoLlavaForConditionalGeneration`` as a :class:`~sdlib.models.interface.DecodingModel`.
 
     Pixel back end: ``processor`` (a ``VideoLlavaProcessor``) or ``frame_processor`` (a per-frame callable); with
     neither, the real processor when torchvision imports, else Video-LLaVA's image processor per frame, both sized
@@ -414,8 +414,8 @@ class VideoLlavaDecoder:
     # ----------------------------------------------------------------------------------------------------------------
 
     @property
-    def device(self) -> torch.device:
-        return self.model.lm_head.weight.device
+    def decoder(self) -> torch.nn.Module:
+        return self.model.model.language_model  # a LlamaModel; its output is final-normed
 
     @property
     def lm_head(self) -> torch.nn.Module:
@@ -438,37 +438,19 @@ class VideoLlavaDecoder:
         return inputs
 
     @torch.no_grad()
-    def prefill(self, inputs: ModelInputs) -> Prefilled:
-        """Run the prompt (vision tower included); the cache then holds every prompt position."""
-        input_ids = inputs.input_ids
-        if input_ids.ndim != 2 or input_ids.shape[0] != 1:
-            raise ValueError(f"inputs.input_ids: expected shape [1, L], got {tuple(input_ids.shape)}")
+    def encode_visual(self, inputs: ModelInputs) -> Any:
+        """The video tower and projector alone: the encoder output whose ``pooler_output`` [frames, tokens, hidden]
+        is what the Llama receives in place of the ``<video>`` tokens."""
         pixels = inputs.extra.get("pixel_values_videos")
         if pixels is None:
             raise ValueError("inputs.extra: no 'pixel_values_videos' (prepare the inputs with prepare())")
         vision_dtype = self.model.model.video_tower.embeddings.patch_embedding.weight.dtype
-        out = self.model.model(
-            input_ids=input_ids.to(self.device),
-            pixel_values_videos=pixels.to(self.device, vision_dtype),
-            cache=KVCache(self.model.config),
-            use_cache=True,
-        )
-        hidden = out.last_hidden_state[0, -1]  # [hidden], post-norm
-        logits = self.model.lm_head(hidden)  # [vocab]
-        return Prefilled(logits=logits.float(), hidden=hidden.float(), cache=out.cache,
-                         prompt_len=int(input_ids.shape[1]))
+        return self.model.model.get_video_features(pixel_values_videos=pixels.to(self.device, vision_dtype),
+                                                   return_dict=True)
 
-    @torch.no_grad()
-    def score(self, tokens: torch.Tensor, cache: Any) -> Scored:
-        """Append ``tokens`` ``[k]`` to ``cache`` in one forward; logits/hidden for each appended position."""
-        tokens = torch.as_tensor(tokens, dtype=torch.long)
-        if tokens.ndim != 1 or tokens.numel() == 0:
-            raise ValueError(f"tokens: expected a non-empty 1-D tensor [k], got shape {tuple(tokens.shape)}")
-        out = self.model.model(input_ids=tokens.to(self.device).unsqueeze(0), cache=cache, use_cache=True)
-        hidden = out.last_hidden_state[0]  # [k, hidden]
-        logits = self.model.lm_head(hidden)  # [k, vocab]
-        return Scored(logits=logits.float(), hidden=hidden.float())
+    def new_cache(self) -> KVCache:
+        return KVCache(self.model.config)
 
-    def crop(self, cache: Any, length: int) -> None:
-        """Keep the first ``length`` positions of ``cache`` (drop rejected drafts)."""
-        crop_cache(cache, length)
+    def _forward_prompt(self, inputs: ModelInputs, visual: Any, cache: Any, hidden_states: bool) -> Any:
+        return self.model.model(input_ids=inputs.input_ids.to(self.device), mm_encoder_outputs={"video": visual},
+                                cache=cache, use_cache=True, output_hidden_states=hidden_states)
