@@ -20,7 +20,7 @@ The rule (derived automatically, so a new module or a new import is covered with
 
 The granularity is the file: an edit anywhere in a covered file counts, even in a function the build never calls.
 
-The two caches and what they cover (``python -m sdlib.fingerprint`` lists the files):
+The caches and what they cover (``python -m sdlib.fingerprint`` lists the files):
 
 - ``world`` (the simulated world's data sets, :func:`sdlib.data.build.build_world`): entry ``sdlib.data.build``,
   which reaches every module of ``sdlib/world/``, the data layout (``sdlib/data/layout.py``, ``eventfile.py``,
@@ -36,7 +36,10 @@ The two caches and what they cover (``python -m sdlib.fingerprint`` lists the fi
   ``sdlib.theory`` (speedup models, used only to read measured timings after training). The test
   ``tests/test_fingerprint.py`` pins which imports cross from the models into ``sdlib.world``, so a new one is
   reviewed against this reasoning rather than silently excluded.
-- both exclude ``sdlib.plots``, ``sdlib.runner`` and ``sdlib.__main__`` (they draw figures and run notebooks) and
+- ``pair_evaluation`` (stage 01's answers and agreement of a trained pair on the test split,
+  :func:`sdlib.models.quality.cached_evaluation`): entries ``sdlib.models.quality`` and ``sdlib.decoding.ar``, with
+  everything they reach (the model wrappers, the world's question set); nothing excluded but the modules below.
+- all exclude ``sdlib.plots``, ``sdlib.runner`` and ``sdlib.__main__`` (they draw figures and run notebooks) and
   this module (it only decides when to rebuild, and a change to its rule that collects other files changes the
   digests by itself): none of them computes an artefact.
 
@@ -61,6 +64,7 @@ NO_ARTEFACT = ("sdlib.plots", "sdlib.runner", "sdlib.__main__", "sdlib.fingerpri
 SCOPES: dict[str, dict[str, tuple[str, ...]]] = {
     "world": {"entries": ("sdlib.data.build",), "exclude": ("sdlib.data.dsec", *NO_ARTEFACT)},
     "scale_models": {"entries": ("sdlib.models.scale",), "exclude": ("sdlib.world", "sdlib.theory", *NO_ARTEFACT)},
+    "pair_evaluation": {"entries": ("sdlib.models.quality", "sdlib.decoding.ar"), "exclude": NO_ARTEFACT},
 }
 
 
@@ -185,7 +189,7 @@ def code_fingerprint(entries: Sequence[str], root: str | Path | None = None,
 
 
 def scope_fingerprint(scope: str, root: str | Path | None = None) -> CodeFingerprint:
-    """The fingerprint of one of the :data:`SCOPES` (``"world"`` or ``"scale_models"``)."""
+    """The fingerprint of one of the :data:`SCOPES` (``"world"``, ``"scale_models"``, ``"pair_evaluation"``)."""
     if scope not in SCOPES:
         raise ValueError(f"code scope {scope!r}: expected one of {sorted(SCOPES)}")
     return code_fingerprint(SCOPES[scope]["entries"], root, SCOPES[scope]["exclude"])
@@ -199,6 +203,11 @@ def world_fingerprint(root: str | Path | None = None) -> CodeFingerprint:
 def scale_models_fingerprint(root: str | Path | None = None) -> CodeFingerprint:
     """The code that trains the scale-model pair (part of the pair's cache key)."""
     return scope_fingerprint("scale_models", root)
+
+
+def pair_evaluation_fingerprint(root: str | Path | None = None) -> CodeFingerprint:
+    """The code that evaluates a trained pair on the test split (part of the stored evaluation's name)."""
+    return scope_fingerprint("pair_evaluation", root)
 
 
 if __name__ == "__main__":  # python -m sdlib.fingerprint: each cache's fingerprint and files

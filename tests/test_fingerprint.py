@@ -12,7 +12,8 @@ from sdlib import fingerprint as fpm
 from sdlib.data import build
 from sdlib.data.layout import read_manifest
 from sdlib.fingerprint import (SOURCE_ROOT, CodeFingerprint, code_fingerprint, imported_modules, module_closure,
-                               module_file, scale_models_fingerprint, world_fingerprint)
+                               module_file, pair_evaluation_fingerprint, scale_models_fingerprint,
+                               world_fingerprint)
 from sdlib.models import scale
 from sdlib.models.train import TrainConfig
 
@@ -117,6 +118,16 @@ def test_models_scope_covers_training_but_not_the_world():
     assert not {f for f in files if f.startswith("sdlib/world/")}
     assert not {"sdlib/theory.py", "sdlib/plots.py", "sdlib/runner.py", "sdlib/data/build.py",
                 "sdlib/fingerprint.py"} & files
+    # scoring and decoding code does not retrain the models: training reads its fact labels from fact_words
+    assert "sdlib/models/fact_words.py" in files
+    assert not {"sdlib/models/quality.py", "sdlib/decoding/ar.py"} & files
+
+
+def test_evaluation_scope_covers_scoring_decoding_and_the_models():
+    files = set(pair_evaluation_fingerprint().files)
+    assert {"sdlib/models/quality.py", "sdlib/decoding/ar.py", "sdlib/decoding/processors.py",
+            "sdlib/models/interface.py", "sdlib/models/scale.py"} <= files
+    assert not {"sdlib/plots.py", "sdlib/runner.py", "sdlib/fingerprint.py"} & files
 
 
 # The models' scope excludes sdlib.world because the models see the world only through the data set, whose content

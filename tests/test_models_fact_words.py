@@ -87,3 +87,26 @@ def test_token_fact_mask_marks_the_tokens_of_fact_words():
     mask = quality.token_fact_mask(tok, ids)
     fact_text = "".join(tok.decode([i]) for i, m in zip(ids, mask) if m).replace(" ", "")
     assert fact_text == "redcarwaitingbuildings"
+
+
+def test_a_stored_evaluation_comes_back_identical_and_is_not_recomputed(tmp_path):
+    import pandas as pd
+
+    table = pd.DataFrame({"clip_id": ["a", "b"], "question": [0, 3], "target_recall": [0.5, float("nan")],
+                          "target_repeats": [True, False], "target_answer": ["A red car.", "Two buses."]})
+    ev = quality.PairEvaluation(table, [np.array([True, False, True]), np.array([False])],
+                                [np.array([False, True, True]), np.array([True])])
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return ev
+
+    path = tmp_path / "evaluation-x.json"
+    first, reused_first = quality.cached_evaluation(path, compute)
+    again, reused_again = quality.cached_evaluation(path, compute)
+    assert (reused_first, reused_again) == (False, True) and len(calls) == 1
+    pd.testing.assert_frame_equal(again.table, table)
+    assert all(np.array_equal(a, b) and a.dtype == bool for a, b in zip(again.match, ev.match))
+    assert all(np.array_equal(a, b) for a, b in zip(again.fact_token, ev.fact_token))
+    assert not list(tmp_path.glob("*.tmp"))

@@ -21,10 +21,13 @@ answers.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -264,6 +267,39 @@ def evaluate_pair(drafter, target, split_dir, sizes, max_clips: int | None = Non
 def _mean(series) -> float:
     v = series.astype(float)
     return float(v.mean()) if v.notna().any() else float("nan")
+
+
+def save_evaluation(ev: PairEvaluation, path: Path) -> None:
+    """Write an evaluation as JSON (the table in pandas' "split" layout, the vectors as 0/1 lists), atomically."""
+    data = {"table": ev.table.to_dict(orient="split"),
+            "match": [np.asarray(m).astype(int).tolist() for m in ev.match],
+            "fact_token": [np.asarray(f).astype(int).tolist() for f in ev.fact_token]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def load_evaluation(path: Path) -> PairEvaluation:
+    """Read what :func:`save_evaluation` wrote."""
+    import pandas as pd
+
+    data = json.loads(Path(path).read_text())
+    table = pd.DataFrame(**data["table"])
+    return PairEvaluation(table, [np.asarray(m, dtype=bool) for m in data["match"]],
+                          [np.asarray(f, dtype=bool) for f in data["fact_token"]])
+
+
+def cached_evaluation(path: Path, compute: Callable[[], PairEvaluation]) -> tuple[PairEvaluation, bool]:
+    """``(evaluation, reused)``: the evaluation stored at ``path`` if there is one, else ``compute()``, stored there.
+    The caller names ``path`` after everything the evaluation depends on (the trained pair, the test data, the
+    settings and :func:`sdlib.fingerprint.pair_evaluation_fingerprint`)."""
+    path = Path(path)
+    if path.is_file():
+        return load_evaluation(path), True
+    ev = compute()
+    save_evaluation(ev, path)
+    return ev, False
 
 
 def summarize(ev: PairEvaluation, ks: Sequence[int] = (1, 2, 4, 8)) -> dict[str, Any]:
