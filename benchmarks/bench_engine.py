@@ -83,7 +83,7 @@ def main() -> None:
                 for k in args.ks:
                     name = f"token drafter k={k}"
                     t0 = time.perf_counter()
-                    spec = speculative_decode(target, t_in, TokenDrafter(drafter, len(target.tokenizer)), d_in, k,
+                    spec = speculative_decode(target, t_in, TokenDrafter(drafter, target.lm_head.out_features), d_in, k,
                                               args.max_new_tokens)
                     per[name].append((time.perf_counter() - t0) * 1e3)
                     outs[name] = spec.tokens
