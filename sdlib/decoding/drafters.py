@@ -54,7 +54,8 @@ class TokenDrafter:
     ``pairing``: how its ids map to the target's (None: the same tokenizer, identity). ``sample_drafts``: under a
     sampling target, draw drafts from the drafter's processed distribution and report it as ``q`` (True), or draft
     its argmax and report no ``q`` (False; verification then uses the one-hot ``q``, still lossless). Under greedy
-    decoding drafts are always the drafter's argmax.
+    decoding drafts are always the drafter's argmax. ``draft_sampling``: the drafter's own temperature / top-k /
+    top-p when sampling (default: the target's); whatever it is, ``q`` is the distribution actually sampled from.
 
     With a pairing, the drafter's distribution is restricted to the ids that have a target token and renormalised
     over them, and that renormalised distribution is the ``q`` reported: speculative sampling stays lossless only if
@@ -65,8 +66,9 @@ class TokenDrafter:
     """
 
     def __init__(self, model: DecodingModel, target_vocab: int, pairing: TokenizerPairing | None = None,
-                 sample_drafts: bool = True) -> None:
+                 sample_drafts: bool = True, draft_sampling: Sampling | None = None) -> None:
         self.model = model
+        self.draft_sampling = draft_sampling
         self.target_vocab = int(target_vocab)
         self.pairing = None if pairing is None or pairing.identical else pairing
         self.sample_drafts = sample_drafts
@@ -127,7 +129,7 @@ class TokenDrafter:
         qs: list[torch.Tensor] = []
         use_q = not sampling.greedy and self.sample_drafts
         for i in range(k):
-            q = self._distribution(logits, sampling if use_q else Sampling())
+            q = self._distribution(logits, (self.draft_sampling or sampling) if use_q else Sampling())
             if not bool((q > 0).any()) or not torch.isfinite(q).all():
                 break  # nothing proposable
             d = int(sample(q, generator)) if use_q else int(q.argmax())
