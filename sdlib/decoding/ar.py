@@ -51,7 +51,7 @@ class ARResult:
         return self.decode_ms / len(self.step_times_ms) if self.step_times_ms else float("nan")
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     """Wait for the work queued on ``device`` (no-op off CUDA), so the clock measures kernels, not launches; other
     devices (a drafter running beside the target) are not waited for."""
     if device.type == "cuda":
@@ -86,11 +86,11 @@ def ar_decode(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
     device = model.device
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     pre = model.prefill(inputs)
     token = choose(pre.logits, sampling, generator)
-    _sync(device)
+    sync_device(device)
     prefill_ms = (time.perf_counter() - start) * 1e3
 
     tokens = [token]
@@ -102,7 +102,7 @@ def ar_decode(
         start = time.perf_counter()
         scored = model.score(torch.tensor([token], dtype=torch.long), cache)
         token = choose(scored.logits[-1], sampling, generator)
-        _sync(device)
+        sync_device(device)
         step_times_ms.append((time.perf_counter() - start) * 1e3)
         tokens.append(token)
         hidden.append(scored.hidden[-1])

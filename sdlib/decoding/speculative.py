@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sdlib.decoding.acceptance import AcceptanceStats
-from sdlib.decoding.ar import choose
+from sdlib.decoding.ar import choose, sync_device
 from sdlib.decoding.drafters import Drafter
 from sdlib.decoding.processors import GREEDY, Sampling, probabilities
 from sdlib.decoding.verify import verify_greedy, verify_sampling
@@ -42,11 +42,6 @@ class SpecResult:
     @property
     def n_tokens(self) -> int:
         return len(self.tokens)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -71,11 +66,11 @@ def speculative_decode(
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
     device = target.device
     eos = target.eos_token_id
-    _sync(device)
+    sync_device(device)
     t_start = time.perf_counter()
     session = target.start(target_inputs)
     pending = choose(session.prompt_logits, sampling, generator)
-    _sync(device)
+    sync_device(device)
     prefill_ms = (time.perf_counter() - t_start) * 1e3
     tokens = [pending]
     t_drafter = time.perf_counter()
@@ -111,7 +106,7 @@ def speculative_decode(
         stats.add(verdict.accepted, len(drafts))
         pending = verdict.tokens[-1]
         drafter.feedback(verdict.accepted, pending)
-        _sync(device)
+        sync_device(device)
         round_ms.append((time.perf_counter() - t_round) * 1e3)
     return SpecResult(tokens=tokens, stats=stats, prefill_ms=prefill_ms, drafter_start_ms=drafter_start_ms,
                       total_ms=(time.perf_counter() - t_start) * 1e3, round_ms=round_ms,
