@@ -1,159 +1,462 @@
-"""Drafters behind one small protocol: propose tokens (and the distribution they were sampled from), then hear how
-many the target accepted and which token it added.
+"""Drafters behind one small protocol: propose tokens (and the distribution they were sampled from), then hear which
+tokens the target accepted and which token it added.
 
 The protocol (:class:`Drafter`):
 
-- ``begin(inputs, first_token)``: a new request. ``inputs`` are the drafter's *own* inputs (its sensor, its prompt);
-  ``first_token`` is the target's first answer token, the first token the drafter continues from;
-- ``propose(k, sampling, generator)``: up to ``k`` draft tokens in the *target's* ids, and, when they were sampled,
-  the distributions ``q`` [n, target vocab] they were sampled from (after the same processing as the target's);
-  fewer than ``k`` (even none) when the drafter cannot go on (a token with no target counterpart);
-- ``feedback(accepted, token)``: the first ``accepted`` drafts were accepted and the target then emitted ``token``
-  (its correction, or the bonus token): the drafter drops the rest and continues from that text.
+- ``begin(inputs, sampling, generator)``: a new request. ``inputs`` are the drafter's *own* inputs (its sensor, its
+  prompt; None for a drafter that reads the target's features); ``sampling`` is the target's, for the whole request;
+- ``advance(n)``: draft ahead until ``n`` tokens are ready (the prefill window, pipelining); returns how many are;
+- ``propose(k)``: up to ``k`` draft tokens in the *target's* ids, and, when they were sampled, the distributions
+  ``q`` [n, target vocab] they were sampled from (after the same processing as the target's); fewer than ``k`` (even
+  none) when the drafter cannot go on (a token with no target counterpart, or its confidence fell);
+- ``feedback(accepted, token, hidden)``: the target accepted the tokens ``accepted`` and then emitted ``token`` (its
+  correction or the bonus token; the request's first token comes this way too, with nothing accepted). ``hidden``
+  ``[len(accepted) + 1, H]`` are the target's post-norm hidden states whose LM-head rows chose ``accepted + [token]``
+  (only drafters with ``wants_target_hidden`` get them);
+- ``events()``: the request's timestamped log (``time.perf_counter`` seconds: on Linux one clock for all processes).
+
+Every drafter here is a :class:`ChainDrafter`. It keeps a *chain*: its own guess of how the accepted text goes on.
+``propose`` hands out the head of the chain; ``feedback`` keeps the chain when the target's text agrees with it
+(all drafts accepted and the bonus token equal to the next chain token) and otherwise cuts it at the first
+disagreement and continues from the target's text. That one rule covers drafting during the target's prefill (the
+chain starts at the drafter's guess of the *first* answer token, checked against the target's first token) and
+pipelined drafting (drafting on while the target verifies, assuming the whole block is accepted).
+
+Sampling stays lossless with a kept chain: a chain token was drawn, with the drafter's own randomness, from the
+drafter's distribution given the text before it; the target's coins never influenced it, so when the text before it
+turns out to be the accepted text it is a valid draft for the rule of :mod:`sdlib.decoding.verify`.
 
 Drafts are proposed in target ids; a drafter whose tokenizer differs translates through a
-:class:`~sdlib.models.pairing.TokenizerPairing` and never proposes an id the target cannot verify.
+:class:`~sdlib.models.pairing.TokenizerPairing`, never proposes an id the target cannot verify, and reports as ``q``
+its distribution renormalised over the ids it can propose (the distribution it really sampled from).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
-from sdlib.decoding.processors import Sampling, probabilities, sample
+from sdlib.decoding.processors import GREEDY, Sampling, probabilities, sample
 from sdlib.models.interface import DecodingModel, ModelInputs, Session
 from sdlib.models.pairing import UNMAPPED, TokenizerPairing
 
 
 @dataclass
 class Proposal:
-    """Draft tokens (target ids, [n]) and, for sampled drafts, the distributions they came from ([n, V_target])."""
+    """Draft tokens (target ids, [n]) and, for sampled drafts, the distributions they came from ([n, V_target]).
+    ``ready_at``: when each draft was ready (``time.perf_counter`` seconds)."""
 
     tokens: torch.Tensor
     probs: torch.Tensor | None = None
+    ready_at: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.tokens.numel())
 
     def cut(self, n: int) -> "Proposal":
-        return Proposal(self.tokens[:n], None if self.probs is None else self.probs[:n])
+        return Proposal(self.tokens[:n], None if self.probs is None else self.probs[:n], self.ready_at[:n])
 
 
 class Drafter(Protocol):
-    def begin(self, inputs: ModelInputs, first_token: int) -> None: ...
+    wants_target_hidden: bool
+    concurrent: bool  # runs beside the target (its own process / device) rather than between the target's calls
 
-    def propose(self, k: int, sampling: Sampling, generator: torch.Generator | None = None) -> Proposal: ...
+    def begin(self, inputs: ModelInputs | None, sampling: Sampling = GREEDY,
+              generator: torch.Generator | None = None) -> None: ...
 
-    def feedback(self, accepted: int, token: int) -> None: ...
+    def advance(self, n: int) -> int: ...
+
+    def propose(self, k: int, ready_by: float | None = None) -> Proposal: ...
+
+    def feedback(self, accepted: list[int], token: int, hidden: torch.Tensor | None = None) -> None: ...
+
+    def events(self) -> list[tuple[float, str, int]]: ...
 
 
-class TokenDrafter:
-    """The drafter model's own LM head: it drafts token by token from its own inputs (its own sensor).
+class ChainDrafter:
+    """Base of the drafters: the chain bookkeeping (see the module docstring); a subclass supplies how tokens are
+    fed to its state (``_feed``), the next-token logits over the target's ids (``_logits``), how the state is rolled
+    back (``_rewind``) and how the request starts (``_start``).
 
-    ``pairing``: how its ids map to the target's (None: the same tokenizer, identity). ``sample_drafts``: under a
-    sampling target, draw drafts from the drafter's processed distribution and report it as ``q`` (True), or draft
-    its argmax and report no ``q`` (False; verification then uses the one-hot ``q``, still lossless). Under greedy
-    decoding drafts are always the drafter's argmax. ``draft_sampling``: the drafter's own temperature / top-k /
-    top-p when sampling (default: the target's); whatever it is, ``q`` is the distribution actually sampled from.
+    ``sample_drafts``: under a sampling target, draw drafts from the drafter's processed distribution and report it
+    as ``q`` (True), or draft its argmax and report no ``q`` (False; verification then uses the one-hot ``q``, still
+    lossless). Under greedy decoding drafts are always the argmax. ``draft_sampling``: the drafter's own temperature /
+    top-k / top-p when sampling (default: the target's); ``q`` is whatever was really sampled from.
+    ``min_confidence``: dynamic draft length; a proposal stops before the first draft (after the first) whose
+    probability under the drafter's raw distribution is below it (0: always ``k`` drafts).
 
-    With a pairing, the drafter's distribution is restricted to the ids that have a target token and renormalised
-    over them, and that renormalised distribution is the ``q`` reported: speculative sampling stays lossless only if
-    ``q`` is what the draft was really drawn from.
-
-    State: a session holding the drafter's prompt and the accepted text except the newest tokens, which wait in
-    ``pending`` until the next ``propose`` appends them in one forward together with the first draft step.
+    State: ``text`` holds the request's tokens after the prompt as the drafter believes them (target ids): the
+    committed text (what the target emitted) followed by the chain; the first ``fed`` of them are in the drafter's
+    state (fed lazily, just before a draft needs them).
     """
 
-    def __init__(self, model: DecodingModel, target_vocab: int, pairing: TokenizerPairing | None = None,
-                 sample_drafts: bool = True, draft_sampling: Sampling | None = None) -> None:
-        self.model = model
-        self.draft_sampling = draft_sampling
+    wants_target_hidden = False
+    concurrent = False
+
+    def __init__(self, target_vocab: int, sample_drafts: bool = True, draft_sampling: Sampling | None = None,
+                 min_confidence: float = 0.0) -> None:
         self.target_vocab = int(target_vocab)
-        self.pairing = None if pairing is None or pairing.identical else pairing
         self.sample_drafts = sample_drafts
-        self.session: Session | None = None
-        self.pending: list[int] = []  # drafter ids still to be appended
-        self.stopped = False  # a target token the drafter has no id for: no more drafts in this request
-        self._round: tuple[int, int, list[int], int] | None = None  # (cache length, pending appended, drafter ids,
-        #                                                               drafts appended)
+        self.draft_sampling = draft_sampling
+        if not 0.0 <= min_confidence < 1.0:
+            raise ValueError(f"min_confidence={min_confidence}: expected a probability in [0, 1)")
+        self.min_confidence = min_confidence
+        self.sampling, self.generator = GREEDY, None
+        self._reset()
 
-    # -- id translation ---------------------------------------------------------------------------------------------
-    def _to_drafter(self, target_id: int) -> int:
-        if self.pairing is None:
-            return int(target_id)
-        return int(self.pairing.to_draft(torch.tensor([target_id]))[0])
+    def _reset(self) -> None:
+        self.text: list[int] = []
+        self.q: list[torch.Tensor | None] = []  # per text position: what a chain token was sampled from
+        self.conf: list[float] = []
+        self.ready_at: list[float] = []
+        self.n_committed = 0
+        self.fed = 0
+        self.stopped = False  # no more drafts in this request (a token the drafter has no id for)
+        self.log: list[tuple[float, str, int]] = []
 
-    def _distribution(self, logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
-        """The drafter's processed next-token distribution over its own ids (proposable ids only)."""
-        if self.pairing is not None:
-            logits = self.pairing.mask_unproposable(logits)
-        return probabilities(logits, sampling)
+    # -- what a subclass provides -------------------------------------------------------------------------------------
+    def _start(self, inputs: ModelInputs | None) -> None:
+        raise NotImplementedError
 
-    def _in_target_space(self, q_drafter: torch.Tensor) -> torch.Tensor:
-        if self.pairing is None:
-            if q_drafter.numel() > self.target_vocab:
-                raise ValueError(f"drafter distribution over {q_drafter.numel()} ids exceeds the target's "
-                                 f"{self.target_vocab}: pass the pairing of the two tokenizers")
-            return torch.nn.functional.pad(q_drafter, (0, self.target_vocab - q_drafter.numel()))
-        ids = torch.nonzero(q_drafter > 0).squeeze(1)
-        out = torch.zeros(self.target_vocab)
-        out[self.pairing.to_target(ids)] = q_drafter[ids]
-        return out
+    def _feed(self, tokens: list[int]) -> None:
+        """Append ``tokens`` (target ids) to the drafter's state; set ``self.stopped`` if it cannot."""
+        raise NotImplementedError
 
-    # -- protocol ---------------------------------------------------------------------------------------------------
-    def begin(self, inputs: ModelInputs, first_token: int) -> None:
-        self.session = self.model.start(inputs)
-        self.pending, self.stopped, self._round = [], False, None
-        self._queue(first_token)
+    def _logits(self) -> torch.Tensor | None:
+        """Next-token logits over the target's ids ([target vocab], -inf where the drafter cannot propose), given
+        everything fed; None when the drafter has nothing to draft from yet."""
+        raise NotImplementedError
 
-    def _queue(self, target_id: int) -> None:
-        d = self._to_drafter(target_id)
-        if d == UNMAPPED:
-            self.stopped = True
-        else:
-            self.pending.append(d)
+    def _rewind(self, keep: int) -> None:
+        """Roll the state back to the first ``keep`` fed tokens."""
+        raise NotImplementedError
+
+    def _observe(self, start: int, hidden: torch.Tensor) -> None:
+        """The target's hidden states before text positions ``start, start + 1, ...`` (feature drafters of the
+        target use them)."""
+
+    # -- the protocol -------------------------------------------------------------------------------------------------
+    def begin(self, inputs: ModelInputs | None, sampling: Sampling = GREEDY,
+              generator: torch.Generator | None = None) -> None:
+        self._reset()
+        self.sampling, self.generator = sampling, generator
+        self.log.append((time.perf_counter(), "begin", 0))
+        self._start(inputs)
+        self.log.append((time.perf_counter(), "started", 0))
+
+    @property
+    def chain_length(self) -> int:
+        return len(self.text) - self.n_committed
 
     @torch.no_grad()
-    def propose(self, k: int, sampling: Sampling, generator: torch.Generator | None = None) -> Proposal:
-        if self.session is None:
-            raise RuntimeError("TokenDrafter.propose before begin()")
-        if self.stopped or k < 1:
-            return Proposal(torch.zeros(0, dtype=torch.long))
-        base = self.session.length
-        logits = self.session.append(self.pending).logits[-1]
-        appended = len(self.pending)
-        self.pending = []
-        drafted: list[int] = []  # drafter ids
-        targets: list[int] = []
-        qs: list[torch.Tensor] = []
-        use_q = not sampling.greedy and self.sample_drafts
-        for i in range(k):
-            q = self._distribution(logits, (self.draft_sampling or sampling) if use_q else Sampling())
-            if not bool((q > 0).any()) or not torch.isfinite(q).all():
-                break  # nothing proposable
-            d = int(sample(q, generator)) if use_q else int(q.argmax())
-            t = d if self.pairing is None else int(self.pairing.to_target(torch.tensor([d]))[0])
-            if t == UNMAPPED:
-                break
-            drafted.append(d)
-            targets.append(t)
-            if use_q:
-                qs.append(self._in_target_space(q))
-            if i < k - 1:
-                logits = self.session.append([d]).logits[-1]
-        in_cache = min(len(drafted), k - 1)  # every draft but a k-th was appended to find the next one
-        self._round = (base, appended, drafted, in_cache)
-        tokens = torch.tensor(targets, dtype=torch.long)
-        return Proposal(tokens, torch.stack(qs) if use_q and qs else None)
+    def draft_one(self) -> bool:
+        """Extend the chain by one token; False when the drafter cannot (stopped, or nothing to draft from)."""
+        if self.stopped:
+            return False
+        if self.fed < len(self.text):
+            t0 = time.perf_counter()
+            n = len(self.text) - self.fed
+            self._feed(self.text[self.fed:])
+            self.log.append((t0, "feed", n))
+            if self.stopped:
+                return False
+            self.fed = len(self.text)
+        logits = self._logits()
+        if logits is None:
+            return False
+        logits = logits.float()
+        use_q = not self.sampling.greedy and self.sample_drafts
+        probs = probabilities(logits, (self.draft_sampling or self.sampling) if use_q else GREEDY)
+        if not bool(torch.isfinite(probs).all()) or not bool((probs > 0).any()):
+            self.stopped = True  # nothing proposable
+            return False
+        token = int(sample(probs, self.generator)) if use_q else int(probs.argmax())
+        self.text.append(token)
+        self.q.append(probs if use_q else None)
+        self.conf.append(float(torch.softmax(logits, -1)[token]))
+        now = time.perf_counter()
+        self.ready_at.append(now)
+        self.log.append((now, "draft", token))
+        return True
 
-    def feedback(self, accepted: int, token: int) -> None:
-        if self._round is None:  # no propose this round (e.g. a plain step): just follow the text
-            self._queue(token)
-            return
-        base, appended, drafted, in_cache = self._round
-        self.session.truncate(base + appended + min(accepted, in_cache))
-        if accepted > in_cache:  # every draft accepted: the last one still has to go in
-            self.pending.append(drafted[-1])
-        self._round = None
-        self._queue(token)
+    def advance(self, n: int) -> int:
+        while self.chain_length < n and self.draft_one():
+            pass
+        return self.chain_length
+
+    def propose(self, k: int, ready_by: float | None = None) -> Proposal:
+        """Up to ``k`` chain tokens (drafting what is missing); with ``ready_by``, only those already drafted by
+        then (no new drafting)."""
+        if k < 1:
+            return Proposal(torch.zeros(0, dtype=torch.long))
+        c = self.n_committed
+        if ready_by is None:
+            self.advance(k)
+            n = min(k, self.chain_length)
+        else:
+            n = 0
+            while n < min(k, self.chain_length) and self.ready_at[c + n] <= ready_by:
+                n += 1
+        if self.min_confidence > 0:
+            for i in range(1, n):
+                if self.conf[c + i] < self.min_confidence:
+                    n = i
+                    break
+        qs = self.q[c:c + n]
+        probs = torch.stack(qs) if n and all(q is not None for q in qs) else None
+        return Proposal(torch.tensor(self.text[c:c + n], dtype=torch.long), probs, self.ready_at[c:c + n])
+
+    def feedback(self, accepted: list[int], token: int, hidden: torch.Tensor | None = None) -> None:
+        new = [int(t) for t in accepted] + [int(token)]
+        start = self.n_committed
+        chain = self.text[start:]
+        m = 0
+        while m < min(len(chain), len(new)) and chain[m] == new[m]:
+            m += 1
+        if m < len(new):  # the chain went wrong at new[m]: cut it there and follow the target's text
+            keep = start + m
+            del self.text[keep:], self.q[keep:], self.conf[keep:], self.ready_at[keep:]
+            if self.fed > keep:
+                self._rewind(keep)
+                self.fed = keep
+            self.text.extend(new[m:])
+            self.q.extend([None] * (len(new) - m))
+            self.conf.extend([1.0] * (len(new) - m))
+            self.ready_at.extend([float("nan")] * (len(new) - m))
+        self.n_committed = start + len(new)
+        for i in range(start, self.n_committed):
+            self.q[i] = None  # committed: its draft distribution is no longer needed
+        if hidden is not None:
+            self._observe(start, hidden)
+        self.log.append((time.perf_counter(), "feedback", len(accepted)))
+
+    def prefill_done(self, at: float) -> None:
+        """The target's prefill ended at ``at`` (``perf_counter`` seconds)."""
+        self.log.append((at, "target_prefill_end", self.chain_length))
+
+    def events(self) -> list[tuple[float, str, int]]:
+        return list(self.log)
+
+    def close(self) -> None:
+        pass
+
+
+class _ModelDrafter(ChainDrafter):
+    """A drafter running a whole model (its own inputs, a session), fed with the accepted text in its own ids."""
+
+    def __init__(self, model: DecodingModel, target_vocab: int, pairing: TokenizerPairing | None = None,
+                 **options: Any) -> None:
+        super().__init__(target_vocab, **options)
+        self.model = model
+        self.pairing = None if pairing is None or pairing.identical else pairing
+        self.session: Session | None = None
+
+    def _to_drafter(self, tokens: list[int]) -> list[int]:
+        if self.pairing is None:
+            return tokens
+        return self.pairing.to_draft(torch.tensor(tokens)).tolist()
+
+    def _start(self, inputs: ModelInputs | None) -> None:
+        if inputs is None:
+            raise ValueError(f"{type(self).__name__}.begin: the drafter's own inputs are required")
+        self.session = self.model.start(inputs)
+        self._started(self.session)
+
+    def _started(self, session: Session) -> None:
+        raise NotImplementedError
+
+    def _feed(self, tokens: list[int]) -> None:
+        ids = self._to_drafter(tokens)
+        if UNMAPPED in ids:  # the target's text has a token the drafter cannot read: it stops for this request
+            ids = ids[: ids.index(UNMAPPED)]
+            self.stopped = True
+        if ids:
+            self._fed(self.session.append(ids))
+
+    def _fed(self, out) -> None:
+        raise NotImplementedError
+
+    def _rewind(self, keep: int) -> None:
+        self.session.truncate(self.session.prompt_len + keep)
+
+
+class TokenDrafter(_ModelDrafter):
+    """The drafter model's own LM head: it drafts token by token from its own inputs (its own sensor).
+
+    ``pairing``: how its ids map to the target's (None: the same tokenizer, identity). With a pairing, the drafter's
+    distribution is restricted to the ids that have a target token, so ``q`` is renormalised over them."""
+
+    def _started(self, session: Session) -> None:
+        self._last = session.prompt_logits
+
+    def _fed(self, out) -> None:
+        self._last = out.logits[-1]
+
+    def _rewind(self, keep: int) -> None:
+        super()._rewind(keep)
+        self._last = None  # the next draft feeds the target's token first
+
+    def _logits(self) -> torch.Tensor | None:
+        logits = self._last
+        if logits is None:
+            return None
+        if self.pairing is None:
+            if logits.numel() > self.target_vocab:
+                raise ValueError(f"drafter logits over {logits.numel()} ids exceed the target's {self.target_vocab}: "
+                                 "pass the pairing of the two tokenizers")
+            return torch.nn.functional.pad(logits.float(), (0, self.target_vocab - logits.numel()),
+                                           value=float("-inf"))
+        masked = self.pairing.mask_unproposable(logits.float())
+        ids = torch.nonzero(torch.isfinite(masked)).squeeze(1)
+        out = torch.full((self.target_vocab,), float("-inf"))
+        out[self.pairing.to_target(ids)] = masked[ids]
+        return out
+
+
+class FeatureDrafter(_ModelDrafter):
+    """Drafter hidden states -> ``adapter`` -> the target's LM head (``target_lm_head``): cross-modal drafting
+    through the target's own output layer. After a rejection the accepted tokens are teacher-forced into the drafter
+    (in its own ids) and drafting continues from the accepted prefix.
+
+    ``adapter`` follows :mod:`sdlib.decoding.heads` (a causal window of ``adapter.context`` drafter states)."""
+
+    def __init__(self, model: DecodingModel, adapter: torch.nn.Module, target_lm_head: torch.nn.Module,
+                 pairing: TokenizerPairing | None = None, **options: Any) -> None:
+        super().__init__(model, target_lm_head.out_features, pairing, **options)
+        self.adapter = adapter.eval()
+        self.lm_head = target_lm_head
+        self.context = int(getattr(adapter, "context", 1))
+        self._hidden: list[torch.Tensor] = []  # [H_drafter] per fed position, the prompt's last first
+
+    def _started(self, session: Session) -> None:
+        self._hidden = [session.prompt_hidden[-1]]
+
+    def _fed(self, out) -> None:
+        self._hidden.extend(out.hidden)
+
+    def _rewind(self, keep: int) -> None:
+        super()._rewind(keep)
+        del self._hidden[keep + 1:]
+
+    def _logits(self) -> torch.Tensor | None:
+        window = torch.stack(self._hidden[-self.context:])  # [W, H_drafter]
+        mapped = self.adapter(window.to(self._param_dtype(self.adapter)))[-1]
+        return self.lm_head(mapped.to(self.lm_head.weight.dtype)).float()
+
+    @staticmethod
+    def _param_dtype(module: torch.nn.Module) -> torch.dtype:
+        return next(module.parameters()).dtype
+
+
+class TargetHeadDrafter(ChainDrafter):
+    """An EAGLE-style ``head`` on the target's own features and token embeddings (:mod:`sdlib.decoding.heads`).
+
+    From the target's feature ``f`` at the position before token ``x`` and ``x``'s embedding the head predicts the
+    feature at ``x``'s position, whose LM-head row drafts the token after ``x``; further drafts feed the head its own
+    predictions. Whenever the target verified tokens, their true features (``feedback``'s ``hidden``) replace the
+    predictions. Needs no inputs of its own: it can draft only once the target's first token is known."""
+
+    wants_target_hidden = True
+
+    def __init__(self, head: torch.nn.Module, target_lm_head: torch.nn.Module, target_embed: torch.nn.Module,
+                 **options: Any) -> None:
+        super().__init__(target_lm_head.out_features, **options)
+        self.head = head.eval()
+        self.lm_head = target_lm_head
+        self.embed = target_embed
+        self.context = int(getattr(head, "context", 1))
+        self._dtype = next(head.parameters()).dtype
+
+    def _start(self, inputs: ModelInputs | None) -> None:
+        self._true: dict[int, torch.Tensor] = {}  # text position -> the target's feature before it
+        self._inp: list[torch.Tensor] = []  # per fed position: the feature fed with its token
+        self._out: list[torch.Tensor] = []  # per fed position: the head's predicted feature there
+
+    def _observe(self, start: int, hidden: torch.Tensor) -> None:
+        for j, row in enumerate(hidden):
+            self._true[start + j] = row.float()
+
+    def _feed(self, tokens: list[int]) -> None:
+        embeds = self.embed(torch.tensor(tokens, device=self.embed.weight.device)).float()
+        for token_embed in embeds:
+            i = len(self._inp)
+            prev = self._true.get(i)
+            if prev is None:
+                if not self._out:
+                    raise RuntimeError("TargetHeadDrafter: no target feature before the first token; the loop must "
+                                       "pass feedback's hidden")
+                prev = self._out[-1]
+            self._inp.append(prev)
+            self._embeds.append(token_embed)
+            w = slice(max(0, i + 1 - self.context), i + 1)
+            f = torch.stack(self._inp[w]).to(self._dtype)
+            e = torch.stack(self._embeds[w]).to(self._dtype)
+            self._out.append(self.head(f, e)[-1].float())
+
+    def begin(self, inputs: ModelInputs | None, sampling: Sampling = GREEDY,
+              generator: torch.Generator | None = None) -> None:
+        self._embeds: list[torch.Tensor] = []
+        super().begin(inputs, sampling, generator)
+
+    def _logits(self) -> torch.Tensor | None:
+        if not self._out:
+            return None
+        return self.lm_head(self._out[-1].to(self.lm_head.weight.dtype)).float()
+
+    def _rewind(self, keep: int) -> None:
+        del self._inp[keep:], self._out[keep:], self._embeds[keep:]
+        for i in [i for i in self._true if i < keep - self.context]:
+            del self._true[i]
+
+
+class TwoPhaseDrafter:
+    """Cross-modal drafts produced in the target's prefill window, then ``then`` (a target head or token drafter).
+
+    Phase one proposes the ``first`` drafter's chain tokens that were ready when the target's prefill ended (the
+    loop says when, ``prefill_done``); it ends at the first draft the target rejects, or when those tokens are used
+    up. ``then`` follows the text throughout, so it can take over at once. Lossless as each of its drafters is."""
+
+    def __init__(self, first: Any, then: Any) -> None:
+        self.first, self.then = first, then
+        self.wants_target_hidden = bool(getattr(then, "wants_target_hidden", False))
+        self.concurrent = bool(getattr(first, "concurrent", False))
+        self.target_vocab = then.target_vocab
+
+    def begin(self, inputs: ModelInputs | None, sampling: Sampling = GREEDY,
+              generator: torch.Generator | None = None) -> None:
+        self.phase_one, self.window_end, self._offered = True, None, 0
+        self.first.begin(inputs, sampling, generator)
+        self.then.begin(inputs, sampling, generator)
+
+    def advance(self, n: int) -> int:
+        return self.first.advance(n)
+
+    def prefill_done(self, at: float) -> None:
+        self.window_end = at
+        self.first.prefill_done(at)
+
+    def propose(self, k: int, ready_by: float | None = None) -> Proposal:
+        self._offered = 0
+        if self.phase_one:
+            p = self.first.propose(k, ready_by=self.window_end)
+            if len(p):
+                self._offered = len(p)
+                return p
+            self.phase_one = False
+        return self.then.propose(k)
+
+    def feedback(self, accepted: list[int], token: int, hidden: torch.Tensor | None = None) -> None:
+        if self.phase_one:
+            if self._offered and len(accepted) < self._offered:
+                self.phase_one = False  # a window draft was rejected: the rest of the window is off the text
+            self.first.feedback(accepted, token, None)
+        self.then.feedback(accepted, token, hidden)
+
+    def events(self) -> list[tuple[float, str, int]]:
+        return sorted(self.first.events() + [(t, "head_" + kind, n) for t, kind, n in self.then.events()])
+
+    def close(self) -> None:
+        self.first.close()
+        self.then.close()
