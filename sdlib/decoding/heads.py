@@ -44,8 +44,22 @@ class FusionHead(nn.Module):
         return features + self.fuse(torch.cat([features, embeds], dim=-1))
 
 
+class LinearHead(nn.Module):
+    """The simplest head: ``f_next = W [f ; e] + b`` (position-wise; fits in closed form, :mod:`sdlib.align.linear`)."""
+
+    context = 1
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2 * hidden, hidden)
+
+    def forward(self, features: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:  # [W, H] x2 -> [W, H]
+        return self.proj(torch.cat([features, embeds], dim=-1))
+
+
 # -- checkpoints: safetensors with a type tag --------------------------------------------------------------------------
-KINDS: dict[str, type[nn.Module]] = {"LinearAdapter": LinearAdapter, "FusionHead": FusionHead}
+KINDS: dict[str, type[nn.Module]] = {"LinearAdapter": LinearAdapter, "FusionHead": FusionHead,
+                                     "LinearHead": LinearHead}
 
 
 def save_module(module: nn.Module, path, **config: int) -> None:
