@@ -34,8 +34,9 @@ from sdlib.align.linear import fit_adapter, fit_head, paired_states
 from sdlib.data.layout import load_clip
 from sdlib.decoding.acceptance import CONVENTION, AcceptanceStats
 from sdlib.decoding.ar import greedy_decode
-from sdlib.decoding.drafters import FeatureDrafter, TargetHeadDrafter, TokenDrafter, TwoPhaseDrafter
-from sdlib.decoding.heads import save_module
+from sdlib.decoding.drafters import (FeatureDrafter, PromptLookupDrafter, TargetHeadDrafter, TokenDrafter,
+                                    TwoPhaseDrafter)
+from sdlib.align.heads import save_module
 from sdlib.decoding.length import ActivityLength, event_activity
 from sdlib.decoding.placement import PairDrafter, ProcessDrafter, split_cores
 from sdlib.decoding.speculative import speculative_decode
@@ -95,8 +96,11 @@ def main() -> None:
     with costs.timing_conditions(threads=1):
         train = [(t, d) for _, t, d, _ in split_requests(world / "train", drafter, target, sizes, args.fit_prompts)]
         val_reqs = split_requests(world / "val", drafter, target, sizes, args.val_prompts)
-        tr_states = paired_states(drafter, target, train, args.max_new_tokens)
-        va_states = paired_states(drafter, target, [(t, d) for _, t, d, _ in val_reqs], args.max_new_tokens)
+        val = [(t, d) for _, t, d, _ in val_reqs]
+        tr_states = paired_states(drafter, target, train,
+                                  [greedy_decode(target, t, args.max_new_tokens).tokens for t, _ in train])
+        va_states = paired_states(drafter, target, val,
+                                  [greedy_decode(target, t, args.max_new_tokens).tokens for t, _ in val])
     adapter, a_info = fit_adapter(tr_states, va_states, target.lm_head)
     head, h_info = fit_head(tr_states, va_states, target.lm_head, target.embed_tokens)
     policy = ActivityLength.calibrated([a for *_, a in val_reqs], k_calm=k + 2, k_busy=max(1, k - 1))
@@ -123,8 +127,13 @@ def main() -> None:
         r.ahead = ahead
         return r
 
+    cfg = target.model.config
+    placeholders = [i for i in (getattr(cfg, "video_token_id", None), getattr(cfg, "image_token_id", None))
+                    if i is not None]
     # name -> (placement, make drafter, k (or None: the activity policy), window for sequential drafters, modelled)
     configs = {
+        "prompt lookup (ours)": ("shared_device", lambda: PromptLookupDrafter(v, exclude=placeholders), k, 0,
+                                 False),
         "token": ("shared_device", lambda: TokenDrafter(drafter, v), k, 0, False),
         "token conf": ("shared_device", lambda: TokenDrafter(drafter, v, min_confidence=args.min_confidence), k + 2,
                        0, False),
@@ -177,7 +186,8 @@ def main() -> None:
                         per[name].append((time.perf_counter() - t0) * 1e3)
                     for name, (placement, make, kk, window, modelled) in configs.items():
                         kk = policy(activity) if kk is None else kk
-                        spec = speculative_decode(target, t_in, make(), d_in, kk, args.max_new_tokens, window=window,
+                        own = t_in if name.startswith("prompt lookup") else d_in  # n-gram lookup reads the prompt
+                        spec = speculative_decode(target, t_in, make(), own, kk, args.max_new_tokens, window=window,
                                                   modelled=modelled)
                         assert spec.placement == placement, (name, spec.placement)
                         per[name].append(spec.modelled_total_ms if modelled else spec.total_ms)

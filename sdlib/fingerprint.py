@@ -22,23 +22,21 @@ The granularity is the file: an edit anywhere in a covered file counts, even in 
 
 The caches and what they cover (``python -m sdlib.fingerprint`` lists the files):
 
-- ``world`` (the simulated world's data sets, :func:`sdlib.data.build.build_world`): entry ``sdlib.data.build``,
-  which reaches every module of ``sdlib/world/``, the data layout (``sdlib/data/layout.py``, ``eventfile.py``,
-  ``errors.py``) and the package-level modules ``sdlib/__init__.py``, ``core.py``, ``paths.py``, ``threads.py``.
-  Excluded: ``sdlib.data.dsec`` (the ``real`` profile's DSEC slicer; ``build_world`` never calls it) and the
-  modules listed last.
+- ``world`` (the simulated world's data sets, :func:`sdlib.world.dataset.build_world`): entry
+  ``sdlib.world.dataset``, which reaches every module of ``sdlib/world/``, what it shares with the real data
+  (``sdlib/base/``), the data layout (``sdlib/data/layout.py``, ``eventfile.py``, ``errors.py``) and the
+  package-level modules ``sdlib/__init__.py``, ``core.py``, ``paths.py``, ``threads.py``. Excluded: the modules
+  listed last.
 - ``scale_models`` (the trained scale-model pair, :func:`sdlib.models.scale.train_pair`): entry
   ``sdlib.models.scale``, which reaches ``train``, ``tokenizer``, ``eventgpt``, ``eventgpt_runner``,
   ``videollava``, ``interface``, ``loading`` and ``sdlib/models/__init__.py``, the data layout it reads the clips
-  with, and the same package-level modules. Excluded: ``sdlib.world`` (the models see the world only through the
-  data set, whose content hashes are already in the pair's cache key; a world edit that changes the data changes
-  those hashes, so the models retrain, and one that does not change the data cannot change the models), and
-  ``sdlib.theory`` (speedup models, used only to read measured timings after training). The test
-  ``tests/test_fingerprint.py`` pins which imports cross from the models into ``sdlib.world``, so a new one is
-  reviewed against this reasoning rather than silently excluded.
+  with, ``sdlib/base/`` (the question set, the frame policy, the event format) and the same package-level modules.
+  It cannot reach ``sdlib/world/``: ``models/`` and ``data/`` import nothing from it (a test checks), so a world
+  edit retrains the models only through the data set, whose content hashes are in the pair's cache key. Excluded:
+  ``sdlib.theory`` (speedup models, used only to read measured timings after training).
 - ``pair_evaluation`` (stage 01's answers and agreement of a trained pair on the test split,
   :func:`sdlib.models.quality.cached_evaluation`): entries ``sdlib.models.quality`` and ``sdlib.decoding.ar``, with
-  everything they reach (the model wrappers, the world's question set); nothing excluded but the modules below.
+  everything they reach (the model wrappers, the question set); nothing excluded but the modules below.
 - all exclude ``sdlib.plots``, ``sdlib.runner`` and ``sdlib.__main__`` (they draw figures and run notebooks) and
   this module (it only decides when to rebuild, and a change to its rule that collects other files changes the
   digests by itself): none of them computes an artefact.
@@ -62,8 +60,8 @@ NO_ARTEFACT = ("sdlib.plots", "sdlib.runner", "sdlib.__main__", "sdlib.fingerpri
 
 #: Each cache's entry modules and exclusions (the reasons are in the module docstring).
 SCOPES: dict[str, dict[str, tuple[str, ...]]] = {
-    "world": {"entries": ("sdlib.data.build",), "exclude": ("sdlib.data.dsec", *NO_ARTEFACT)},
-    "scale_models": {"entries": ("sdlib.models.scale",), "exclude": ("sdlib.world", "sdlib.theory", *NO_ARTEFACT)},
+    "world": {"entries": ("sdlib.world.dataset",), "exclude": NO_ARTEFACT},
+    "scale_models": {"entries": ("sdlib.models.scale",), "exclude": ("sdlib.theory", *NO_ARTEFACT)},
     "pair_evaluation": {"entries": ("sdlib.models.quality", "sdlib.decoding.ar"), "exclude": NO_ARTEFACT},
 }
 

@@ -267,3 +267,53 @@ def test_real_profile_fails_fast_without_weights(smoke_book, tmp_path, monkeypat
     with pytest.raises(runner.StageFailed, match="eventgpt_path: .*EventGPT-7b does not exist.*profile 'real'"):
         runner.run_stage("01_models", "real", output_dir=tmp_path / "stages", progress_bar=False)
     assert not (tmp_path / "stages" / "01_models.ipynb").exists()
+
+
+def test_every_drafter_is_lossless_on_the_trained_smoke_pair(smoke_book):
+    """The losslessness suite on trained weights: every drafter kind, on the trained smoke pair, emits the target's
+    greedy answer on all 60 test prompts of the smoke world and 60 validation prompts (the smoke world has no more
+    test prompts; no model is fitted or selected on them). The adapter and the head are the closed-form linear ones,
+    fitted on training prompts."""
+    from sdlib.align.linear import fit_adapter, fit_head, paired_states
+    from sdlib.data.layout import load_clip
+    from sdlib.decoding.ar import greedy_decode
+    from sdlib.decoding.drafters import FeatureDrafter, TargetHeadDrafter, TokenDrafter, TwoPhaseDrafter
+    from sdlib.decoding.speculative import speculative_decode
+    from sdlib.models import quality, scale
+
+    src, records = smoke_book
+    pair_dir = Path(records["01_models"]["metrics"]["pair_dir"])
+    drafter, target = scale.load_pair(pair_dir)
+    sizes = scale.ScaleSizes(**json.loads((pair_dir / "pair.json").read_text())["sizes"])
+    root = Path(records["00_data"]["metrics"]["dataset_root"])
+
+    def split(name, n):
+        out, clips = [], {}
+        for rec in quality.test_prompts(root / name)[:n]:
+            clip = clips.setdefault(rec["clip_id"], load_clip(root / name, rec))
+            q = rec["conversations"][0]["value"]
+            out.append((target.prepare(q, clip.frames), drafter.prepare(q, scale.drafter_visual(clip, sizes))))
+        return out
+
+    fit_on = split("train", 40)
+    states = paired_states(drafter, target, fit_on, [greedy_decode(target, t, 24).tokens for t, _ in fit_on])
+    adapter, _ = fit_adapter(states[:30], states[30:], target.lm_head)
+    head, _ = fit_head(states[:30], states[30:], target.lm_head, target.embed_tokens)
+    v = target.lm_head.out_features
+    makers = {
+        "token": lambda: TokenDrafter(drafter, v),
+        "feature": lambda: FeatureDrafter(drafter, adapter, target.lm_head),
+        "target_head": lambda: TargetHeadDrafter(head, target.lm_head, target.embed_tokens),
+        "two_phase": lambda: TwoPhaseDrafter(FeatureDrafter(drafter, adapter, target.lm_head),
+                                             TargetHeadDrafter(head, target.lm_head, target.embed_tokens)),
+    }
+    requests = split("test", 60) + split("val", 60)
+    assert len(requests) == 120
+    accepted = dict.fromkeys(makers, 0)
+    for i, (t_in, d_in) in enumerate(requests):
+        reference = greedy_decode(target, t_in, 24).tokens
+        for name, make in makers.items():
+            spec = speculative_decode(target, t_in, make(), d_in, 1 + i % 4, 24, window=4 * (name == "two_phase"))
+            assert spec.tokens == reference, (name, i)
+            accepted[name] += spec.stats.accepted_total
+    assert all(n > 0 for n in accepted.values()), accepted  # trained drafters' drafts were accepted too

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sdlib import fingerprint as fpm
-from sdlib.data import build
+from sdlib.world import dataset
 from sdlib.data.layout import read_manifest
 from sdlib.fingerprint import (SOURCE_ROOT, CodeFingerprint, code_fingerprint, imported_modules, module_closure,
                                module_file, pair_evaluation_fingerprint, scale_models_fingerprint,
@@ -103,9 +103,10 @@ def test_imported_modules_resolves_relative_imports_against_the_package(tmp_path
 def test_world_scope_covers_the_world_and_the_data_layout_but_not_the_models():
     files = set(world_fingerprint().files)
     world_modules = {p.relative_to(SOURCE_ROOT).as_posix() for p in (SOURCE_ROOT / "sdlib/world").glob("*.py")
-                     if p.stem in {"__init__", "clip", "events", "facts", "qa", "render", "represent", "scene"}}
+                     if p.stem in {"__init__", "clip", "events", "facts", "qa", "render", "dataset", "scene"}}
     assert len(world_modules) == 8 and world_modules <= files
-    assert {"sdlib/data/build.py", "sdlib/data/layout.py", "sdlib/data/eventfile.py", "sdlib/__init__.py"} <= files
+    assert {"sdlib/world/dataset.py", "sdlib/data/layout.py", "sdlib/data/eventfile.py", "sdlib/__init__.py",
+            "sdlib/base/represent.py", "sdlib/base/questions.py", "sdlib/base/event_dtype.py"} <= files
     assert not {f for f in files if f.startswith("sdlib/models/")}
     assert not {"sdlib/data/dsec.py", "sdlib/plots.py", "sdlib/runner.py", "sdlib/fingerprint.py"} & files
 
@@ -116,7 +117,7 @@ def test_models_scope_covers_training_but_not_the_world():
                                               "videollava", "interface")} <= files
     assert "sdlib/data/layout.py" in files  # the clips are read through it
     assert not {f for f in files if f.startswith("sdlib/world/")}
-    assert not {"sdlib/theory.py", "sdlib/plots.py", "sdlib/runner.py", "sdlib/data/build.py",
+    assert not {"sdlib/theory.py", "sdlib/plots.py", "sdlib/runner.py", "sdlib/world/dataset.py",
                 "sdlib/fingerprint.py"} & files
     # scoring and decoding code does not retrain the models: training reads its fact labels from fact_words
     assert "sdlib/models/fact_words.py" in files
@@ -130,30 +131,12 @@ def test_evaluation_scope_covers_scoring_decoding_and_the_models():
     assert not {"sdlib/plots.py", "sdlib/runner.py", "sdlib/fingerprint.py"} & files
 
 
-# The models' scope excludes sdlib.world because the models see the world only through the data set, whose content
-# hashes are in the pair's key. These are the imports from the training code into sdlib.world, each checked to reach
-# the models only through data: the question list (its strings are in the records), the frame policy (it picks the
-# frames the data set stores) and the event dtype (the stored event files). A new one fails this test so that it is
-# reviewed against that reasoning (or moved below both packages, as DESIGN.md asks) instead of silently excluded.
-KNOWN_WORLD_IMPORTS = {
-    ("sdlib.models.scale", "sdlib.world"),
-    ("sdlib.models.quality", "sdlib.world"),  # the question set and types, to label the answers it scores
-    ("sdlib.models.videollava", "sdlib.world.render"),
-    ("sdlib.data.eventfile", "sdlib.world.events"),
-}
-
-
-def test_models_reach_the_world_only_through_reviewed_imports():
-    spec = fpm.SCOPES["scale_models"]
-    assert "sdlib.world" in spec["exclude"]
-    closure = module_closure(spec["entries"], exclude=[e for e in spec["exclude"] if e != "sdlib.world"])
-    crossing = {
-        (module, name)
-        for module, path in closure.items() if not module.startswith("sdlib.world")
-        for name in imported_modules(module, path)
-        if (name == "sdlib.world" or name.startswith("sdlib.world.")) and module_file(name, SOURCE_ROOT)
-    }
-    assert crossing <= KNOWN_WORLD_IMPORTS, f"review these imports into sdlib.world: {crossing - KNOWN_WORLD_IMPORTS}"
+def test_the_models_scope_reaches_nothing_of_the_world():
+    """DESIGN.md: models/ and data/ import nothing from world/ (tests/test_hygiene.py checks every module), so the
+    models' cache key needs no exclusion for it: a world edit reaches the models only through the data's hashes."""
+    assert not any(e.startswith("sdlib.world") for e in fpm.SCOPES["scale_models"]["exclude"])
+    closure = module_closure(fpm.SCOPES["scale_models"]["entries"], exclude=fpm.SCOPES["scale_models"]["exclude"])
+    assert closure and not [m for m in closure if m.startswith("sdlib.world")]
 
 
 def test_a_copied_tree_has_the_same_fingerprints(tree):
@@ -184,18 +167,18 @@ def test_a_new_world_module_is_covered_once_imported(tree):
 
 
 # ---- the world builder ---------------------------------------------------------------------------------------------
-SPEC = build.WorldSpec(name="t", n_scenes=3, seed=3)  # 2 train clips, 1 val clip, an empty test split
+SPEC = dataset.WorldSpec(name="t", n_scenes=3, seed=3)  # 2 train clips, 1 val clip, an empty test split
 
 
 def _build(root, messages=None):
-    return build.build_world(SPEC, root=root, progress=False,
+    return dataset.build_world(SPEC, root=root, progress=False,
                              log=(messages.append if messages is not None else lambda *_: None))
 
 
 @pytest.fixture
 def code_in(tree, monkeypatch):
     """Builds see the world code of the copied tree (so the test can edit it)."""
-    monkeypatch.setattr(build, "world_fingerprint", lambda: world_fingerprint(tree))
+    monkeypatch.setattr(dataset, "world_fingerprint", lambda: world_fingerprint(tree))
     return tree
 
 
@@ -204,9 +187,9 @@ def test_world_is_rebuilt_when_its_code_changes(code_in, tmp_path):
     first = _build(root)
     assert first.clips_built == SPEC.n_scenes
     digest = world_fingerprint(code_in).digest
-    for split in build.SPLITS:
+    for split in dataset.SPLITS:
         assert read_manifest(root / split)["code"]["digest"] == digest
-        assert build.recorded_code(root / split)["digest"] == digest
+        assert dataset.recorded_code(root / split)["digest"] == digest
 
     messages = []
     again = _build(root, messages)
@@ -220,12 +203,12 @@ def test_world_is_rebuilt_when_its_code_changes(code_in, tmp_path):
     rebuilt = _build(root, messages)
     assert not rebuilt.already_built and rebuilt.clips_built == SPEC.n_scenes
     why = [m for m in messages if m.startswith("code changed since")]
-    assert len(why) == len(build.SPLITS) and all("sdlib/world/render.py changed" in m for m in why)
+    assert len(why) == len(dataset.SPLITS) and all("sdlib/world/render.py changed" in m for m in why)
     new_digest = world_fingerprint(code_in).digest
     assert new_digest != digest
-    for split in build.SPLITS:
+    for split in dataset.SPLITS:
         m = read_manifest(root / split)
-        assert m["code"]["digest"] == new_digest and build.recorded_code(root / split)["digest"] == new_digest
+        assert m["code"]["digest"] == new_digest and dataset.recorded_code(root / split)["digest"] == new_digest
         # a comment changes no data: the content hashes, and so the models' cache key, stay
         assert m["content_hash"] == first.manifests[split]["content_hash"]
     assert _build(root).already_built
@@ -234,7 +217,7 @@ def test_world_is_rebuilt_when_its_code_changes(code_in, tmp_path):
 def test_a_split_without_a_recorded_fingerprint_is_rebuilt(code_in, tmp_path):
     root = tmp_path / "t"
     _build(root)
-    (root / "val" / build.CODE_JSON).unlink()  # as built before fingerprints were recorded
+    (root / "val" / dataset.CODE_JSON).unlink()  # as built before fingerprints were recorded
     messages = []
     report = _build(root, messages)
     assert report.clips_built == len(report.manifests["val"]["finished"]) == 1
@@ -243,7 +226,7 @@ def test_a_split_without_a_recorded_fingerprint_is_rebuilt(code_in, tmp_path):
 
 def _killed_build(root, monkeypatch) -> None:
     """A build interrupted while making its third clip (two clips finished, no manifest)."""
-    real_clip_data, calls = build.world_clip_data, []
+    real_clip_data, calls = dataset.world_clip_data, []
 
     def dies_on_the_third_clip(*args, **kwargs):
         calls.append(args[0])
@@ -252,7 +235,7 @@ def _killed_build(root, monkeypatch) -> None:
         return real_clip_data(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(build, "world_clip_data", dies_on_the_third_clip)
+        m.setattr(dataset, "world_clip_data", dies_on_the_third_clip)
         with pytest.raises(KeyboardInterrupt):
             _build(root)
     assert len(list(root.glob("*/_clips/**/*.done.json"))) == 2

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdlib.data import build
+from sdlib.world import dataset
 from sdlib.models import scale
 from sdlib.models.eventgpt import EVENT_TOKEN_INDEX
 from sdlib.models.tokenizer import train_tokenizer
@@ -27,7 +27,7 @@ TINY = scale.ScaleSizes(target_image=32, target_patch=8, target_vision_hidden=32
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("w") / "w"
-    build.build_world(build.WorldSpec(name="w", n_scenes=14, seed=1), root=root, progress=False, log=lambda *_: None)
+    dataset.build_world(dataset.WorldSpec(name="w", n_scenes=14, seed=1), root=root, progress=False, log=lambda *_: None)
     return root
 
 

@@ -22,7 +22,7 @@ from sdlib.models.videollava import (
     video_llava_image_processor,
     video_token_count,
 )
-from sdlib.world.render import uniform_frame_indices
+from sdlib.base.frame_policy import uniform_frame_indices
 
 QUESTIONS = [
     "What are the key elements in this scene?",

@@ -1,8 +1,8 @@
 """Closed-form linear baselines: an adapter (drafter hidden -> target hidden) and a head (target feature and the next
 token's embedding -> the target's next feature), fitted by ridge regression on paired, teacher-forced hidden states.
 
-Pairing follows the fixed protocol: for each (clip, question) the target's greedy answer, then *both* models
-teacher-forced on that same text, so that row ``t`` of either model's states predicts answer token ``t``
+Pairing follows the fixed protocol: for each (clip, question) the target's greedy answer (given by the caller:
+align does not decode), then *both* models teacher-forced on that same text, so that row ``t`` of either model's states predicts answer token ``t``
 (:func:`paired_states`). Fit on the training split; the ridge strength is chosen on the validation split by how
 often the mapped state's LM-head argmax is the answer token; the test split is never seen here.
 
@@ -16,8 +16,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from sdlib.decoding.ar import greedy_decode
-from sdlib.decoding.heads import LinearAdapter, LinearHead
+from sdlib.align.heads import LinearAdapter, LinearHead
 from sdlib.models.interface import DecodingModel, ModelInputs
 
 RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # times the mean diagonal of X^T X / n
@@ -32,19 +31,27 @@ class PairedStates:
     target: torch.Tensor  # [n, H_target]
 
 
+def teacher_forced(model: DecodingModel, inputs: ModelInputs, tokens: torch.Tensor) -> torch.Tensor:
+    """``[n, hidden]``: the model's post-norm states on its prompt followed by ``tokens`` [n]; row t predicts
+    ``tokens[t]`` (row 0 is the prompt's last position)."""
+    session = model.start(inputs)
+    rows = [session.prompt_hidden[-1:]]
+    if len(tokens) > 1:
+        rows.append(session.append(tokens[:-1]).hidden)
+    return torch.cat(rows).float()
+
+
 @torch.no_grad()
 def paired_states(drafter: DecodingModel, target: DecodingModel, requests: Iterable[tuple[ModelInputs, ModelInputs]],
-                  max_new_tokens: int = 64) -> list[PairedStates]:
-    """For each (target inputs, drafter inputs): the target's greedy answer and both models' states on it."""
+                  answers: Iterable[Sequence[int]]) -> list[PairedStates]:
+    """For each (target inputs, drafter inputs) and the target's answer to it (token ids, e.g. its greedy answer):
+    both models teacher-forced on that answer."""
     out = []
-    for t_in, d_in in requests:
-        ans = greedy_decode(target, t_in, max_new_tokens)
-        tokens = torch.tensor(ans.tokens)
-        session = drafter.start(d_in)
-        rows = [session.prompt_hidden[-1:]]
-        if len(tokens) > 1:
-            rows.append(session.append(tokens[:-1]).hidden)
-        out.append(PairedStates(tokens, torch.cat(rows), ans.hidden.float()))
+    for (t_in, d_in), answer in zip(requests, answers, strict=True):
+        tokens = torch.as_tensor(list(answer), dtype=torch.long)
+        if tokens.numel() == 0:
+            continue
+        out.append(PairedStates(tokens, teacher_forced(drafter, d_in, tokens), teacher_forced(target, t_in, tokens)))
     return out
 
 
@@ -78,7 +85,7 @@ def _fit(x_tr, y_tr, x_va, tok_va, lm_head, grid: Sequence[float]) -> tuple[torc
 
 def fit_adapter(train: Sequence[PairedStates], val: Sequence[PairedStates], target_lm_head: torch.nn.Module,
                 grid: Sequence[float] = RIDGE_GRID) -> tuple[LinearAdapter, dict]:
-    """A :class:`~sdlib.decoding.heads.LinearAdapter` from drafter states to target states; ridge chosen on val."""
+    """A :class:`~sdlib.align.heads.LinearAdapter` from drafter states to target states; ridge chosen on val."""
     x_tr = torch.cat([p.drafter for p in train])
     y_tr = torch.cat([p.target for p in train])
     w, b, info = _fit(x_tr, y_tr, torch.cat([p.drafter for p in val]), torch.cat([p.tokens for p in val]),
@@ -107,7 +114,7 @@ def _head_rows(states: Sequence[PairedStates], embed: torch.nn.Module) -> tuple[
 
 def fit_head(train: Sequence[PairedStates], val: Sequence[PairedStates], target_lm_head: torch.nn.Module,
              target_embed: torch.nn.Module, grid: Sequence[float] = RIDGE_GRID) -> tuple[LinearHead, dict]:
-    """A :class:`~sdlib.decoding.heads.LinearHead` on the target's own features (EAGLE's input, one step)."""
+    """A :class:`~sdlib.align.heads.LinearHead` on the target's own features (EAGLE's input, one step)."""
     x_tr, y_tr, _ = _head_rows(train, target_embed)
     x_va, _, tok_va = _head_rows(val, target_embed)
     w, b, info = _fit(x_tr, y_tr, x_va, tok_va, target_lm_head, grid)

@@ -22,16 +22,19 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from sdlib import paths
+from sdlib.base.represent import event_image, event_images
 from sdlib.data.errors import DataError
 from sdlib.data.eventfile import EVENT_DTYPE, make_events, validate_events
-from sdlib.data.layout import ClipData, DatasetWriter
-from sdlib.world.represent import event_image, event_images
+from sdlib.data.layout import SPLIT_SALT, ClipData, DatasetWriter, assign_split, check_disjoint
 
 __all__ = [
     "DSEC_SENSOR_HW",
     "DsecEvents",
     "DsecSequence",
     "DsecClip",
+    "build_dsec",
+    "dsec_sequences",
     "open_sequence",
     "read_image_timestamps",
     "load_rectify_map",
@@ -398,7 +401,7 @@ def iter_clips(seq_dir: str | Path | DsecSequence, clip_s: float = 1.0, overlap:
 
 def render_event_images(events: np.ndarray, sensor_hw: tuple[int, int],
                         n_images: int = 5) -> tuple[list[np.ndarray], np.ndarray]:
-    """EventGPT-style event images of a window on the fixed sensor (see :mod:`sdlib.world.represent`):
+    """EventGPT-style event images of a window on the fixed sensor (see :mod:`sdlib.base.represent`):
     ``n_images`` equal-event-count chunks and one image of all events."""
     h, w = sensor_hw
     return list(event_images(events, w, h, n_images)), event_image(events, w, h)
@@ -471,3 +474,42 @@ def _make_dsec_clip(clip: DsecClip, seq: DsecSequence, reader: DsecEvents, rmap:
     imgs5, img1 = render(events, sensor_hw, n_event_images)
     return ClipData(events=events, frames=list(clip.frame_paths), event_images_5f=imgs5, event_image_1f=img1,
                     conversations=conversations, time_start=clip.t0, time_end=clip.t1, group=seq.name, meta=meta)
+
+
+# ---- the real profile's data set: every split ----------------------------------------------------------------------
+DSEC_PREFIXES = ("zurich_city_", "interlaken_", "thun_")
+
+
+def dsec_sequences(dsec_root: Path, split_folder: str) -> list[Path]:
+    """Sequence folders of ``<dsec_root>/<split_folder>`` whose names the original research used."""
+    folder = Path(dsec_root) / split_folder
+    if not folder.is_dir():
+        raise DataError(f"DSEC root {dsec_root}: no '{split_folder}' folder; expected {folder} with sequence folders",
+                        source=folder, expected="DSEC layout <root>/{train,test}/<sequence>")
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(DSEC_PREFIXES))
+
+
+def build_dsec(dsec_root: str | Path, name: str, questions: Sequence[str], val_fraction: float = 0.1,
+               max_clips_per_sequence: int | None = None, root: Path | None = None,
+               param_hint: str = "dsec_root") -> dict[str, dict[str, Any]]:
+    """DSEC clips (1 s, 50% overlap) in the same layout: DSEC train sequences split into train/val by sequence,
+    DSEC test sequences as test. A missing root fails at once with the parameter that supplied it."""
+    dsec_root = Path(dsec_root)
+    if not dsec_root.is_dir():
+        raise DataError(f"{param_hint}: DSEC root {dsec_root} does not exist (download DSEC and point the `real` "
+                        f"profile at it)", source=dsec_root, expected="a DSEC folder with train/ and test/")
+    root = Path(root or paths.data_dir() / "dsec" / name)
+    train_seqs = dsec_sequences(dsec_root, "train")
+    fractions = {"train": 1.0 - val_fraction, "val": val_fraction}
+    by_split = {
+        "train": [p for p in train_seqs if assign_split(p.name, fractions, salt=SPLIT_SALT) == "train"],
+        "val": [p for p in train_seqs if assign_split(p.name, fractions, salt=SPLIT_SALT) == "val"],
+        "test": dsec_sequences(dsec_root, "test"),
+    }
+    manifests = {
+        split: build_dsec_split(seqs, root, split, questions=questions, max_clips_per_sequence=max_clips_per_sequence,
+                                progress=True)
+        for split, seqs in by_split.items()
+    }
+    check_disjoint([root / s for s in by_split])
+    return manifests

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from sdlib.data.errors import DataError
-from sdlib.world.events import EVENT_DTYPE  # the one canonical dtype: x u2, y u2, t i8 (µs), p u1 (0/1)
+from sdlib.base.event_dtype import EVENT_DTYPE  # the one canonical dtype: x u2, y u2, t i8 (µs), p u1 (0/1)
 
 __all__ = [
     "EVENT_DTYPE",

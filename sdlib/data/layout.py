@@ -70,6 +70,7 @@ DIRS: dict[str, str] = {
 """Record key -> folder (inside the split folder) its relative paths are resolved against."""
 MANIFEST_FORMAT = "sdlib.data.split/1"
 DEFAULT_SPLIT_FRACTIONS: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
+SPLIT_SALT = "sdlib.world.split.v1"  # the salt of assign_split for world scenes and DSEC sequences (kept as first set)
 _STATE_DIR = "_clips"
 _STAGING_DIR = "_staging"
 _CLIP_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$")

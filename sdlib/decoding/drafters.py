@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import torch
 
@@ -320,7 +320,7 @@ class FeatureDrafter(_ModelDrafter):
     through the target's own output layer. After a rejection the accepted tokens are teacher-forced into the drafter
     (in its own ids) and drafting continues from the accepted prefix.
 
-    ``adapter`` follows :mod:`sdlib.decoding.heads` (a causal window of ``adapter.context`` drafter states)."""
+    ``adapter`` follows :mod:`sdlib.align.heads` (a causal window of ``adapter.context`` drafter states)."""
 
     def __init__(self, model: DecodingModel, adapter: torch.nn.Module, target_lm_head: torch.nn.Module,
                  pairing: TokenizerPairing | None = None, **options: Any) -> None:
@@ -351,7 +351,7 @@ class FeatureDrafter(_ModelDrafter):
 
 
 class TargetHeadDrafter(ChainDrafter):
-    """An EAGLE-style ``head`` on the target's own features and token embeddings (:mod:`sdlib.decoding.heads`).
+    """An EAGLE-style ``head`` on the target's own features and token embeddings (:mod:`sdlib.align.heads`).
 
     From the target's feature ``f`` at the position before token ``x`` and ``x``'s embedding the head predicts the
     feature at ``x``'s position, whose LM-head row drafts the token after ``x``; further drafts feed the head its own
@@ -409,6 +409,49 @@ class TargetHeadDrafter(ChainDrafter):
         del self._inp[keep:], self._out[keep:], self._embeds[keep:]
         for i in [i for i in self._true if i < keep - self.context]:
             del self._true[i]
+
+
+class PromptLookupDrafter(ChainDrafter):
+    """Prompt lookup (n-gram) drafting, the model-free peer: the continuation of the latest earlier occurrence of the
+    text's last ``n`` tokens (``max_ngram`` down to ``min_ngram``) in the prompt and the answer so far. ``inputs`` are
+    the *target's* (its prompt ids); ``exclude`` are ids left out of the prompt before matching (the visual
+    placeholders: their runs would be matched and proposed as text). Drafts are deterministic (one-hot ``q``).
+
+    Here because transformers' own prompt lookup cannot run on the Video-LLaVA target: it copies n-grams from the
+    prompt including the run of ``<video>`` placeholders, and the verify forward then holds more placeholders than
+    video features (the benchmark reports the error)."""
+
+    def __init__(self, target_vocab: int, max_ngram: int = 3, min_ngram: int = 1, exclude: Iterable[int] = (),
+                 **options: Any) -> None:
+        if not 1 <= min_ngram <= max_ngram:
+            raise ValueError(f"ngram range {min_ngram}..{max_ngram}: expected 1 <= min <= max")
+        super().__init__(target_vocab, **options)
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.exclude = {int(i) for i in exclude}
+
+    def _start(self, inputs: ModelInputs | None) -> None:
+        if inputs is None:
+            raise ValueError("PromptLookupDrafter.begin: the target's inputs (its prompt ids) are required")
+        self._ids = [t for t in inputs.input_ids.reshape(-1).tolist()
+                     if 0 <= t < self.target_vocab and t not in self.exclude]
+        self._prompt = len(self._ids)
+
+    def _feed(self, tokens: list[int]) -> None:
+        self._ids.extend(tokens)
+
+    def _rewind(self, keep: int) -> None:
+        del self._ids[self._prompt + keep:]
+
+    def _logits(self) -> torch.Tensor | None:
+        ids = self._ids
+        for n in range(min(self.max_ngram, len(ids) - 1), self.min_ngram - 1, -1):
+            suffix = ids[-n:]
+            for start in range(len(ids) - n - 1, -1, -1):  # latest earlier occurrence with a token after it
+                if ids[start:start + n] == suffix:
+                    out = torch.full((self.target_vocab,), float("-inf"))
+                    out[ids[start + n]] = 0.0
+                    return out
+        return None
 
 
 class TwoPhaseDrafter:

@@ -26,8 +26,11 @@ from typing import Any, Callable
 
 import torch
 
-from sdlib.decoding.drafters import Proposal
+from sdlib.align.heads import load_module
+from sdlib.decoding.drafters import FeatureDrafter, Proposal, TokenDrafter
 from sdlib.decoding.processors import GREEDY, Sampling
+from sdlib.models import scale
+from sdlib.threads import usable_cpus
 
 
 def split_cores() -> tuple[set[int] | None, set[int] | None]:
@@ -35,8 +38,6 @@ def split_cores() -> tuple[set[int] | None, set[int] | None]:
     only one core is usable (then the two processes share it and nothing overlaps: say so in any timing)."""
     if not hasattr(os, "sched_getaffinity"):
         return None, None
-    from sdlib.threads import usable_cpus
-
     cores = sorted(os.sched_getaffinity(0))[: usable_cpus()]
     if len(cores) < 2:
         return None, None
@@ -180,7 +181,7 @@ class PairDrafter:
 
     ``kind``: ``"token"`` (:class:`~sdlib.decoding.drafters.TokenDrafter`) or ``"feature"``
     (:class:`~sdlib.decoding.drafters.FeatureDrafter` with the adapter saved at ``adapter`` by
-    :func:`sdlib.decoding.heads.save_module`). ``model``: whose model drafts, ``"drafter"`` (EventGPT, the point) or
+    :func:`sdlib.align.heads.save_module`). ``model``: whose model drafts, ``"drafter"`` (EventGPT, the point) or
     ``"target"`` (a self-drafter: tests and upper bounds). ``options`` go to the drafter (``sample_drafts``,
     ``min_confidence``, ...)."""
 
@@ -196,10 +197,6 @@ class PairDrafter:
         self.pair_dir, self.kind, self.adapter, self.options = str(pair_dir), kind, adapter, options
 
     def __call__(self):
-        from sdlib.decoding.drafters import FeatureDrafter, TokenDrafter
-        from sdlib.decoding.heads import load_module
-        from sdlib.models import scale
-
         drafter, target = scale.load_pair(self.pair_dir)
         drafting = drafter if self.model == "drafter" else target
         if self.kind == "token":

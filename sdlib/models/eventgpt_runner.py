@@ -203,7 +203,7 @@ class EventGPTDecoder(DecodingModel):
         """Event features [N, hidden] for event images or pixel values, to be reused through ``prepare``."""
         if not (isinstance(visual, torch.Tensor) and visual.is_floating_point()):
             visual = self.preprocess(visual)
-        return self.model.encode_events(visual.to(self.device))  # [N, hidden]
+        return self._encode_pixels(visual)
 
     def encode_visual(self, inputs: ModelInputs) -> torch.Tensor:
         """The event branch alone: event features [N, hidden] as the Llama receives them (the cached features when
@@ -211,10 +211,13 @@ class EventGPTDecoder(DecodingModel):
         if "event_features" in inputs.extra:
             return inputs.extra["event_features"].to(self.device)
         if "event_pixel_values" in inputs.extra:
-            with torch.no_grad():
-                return self.model.encode_events(inputs.extra["event_pixel_values"].to(self.device))  # [N, hidden]
+            return self._encode_pixels(inputs.extra["event_pixel_values"])
         raise ValueError("inputs.extra has neither event_pixel_values nor event_features (prepare the inputs with "
                          "prepare())")
+
+    @torch.no_grad()
+    def _encode_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_events(pixel_values.to(self.device))  # [N, hidden]
 
     def new_cache(self) -> KVCache:
         return KVCache(self.model.config)

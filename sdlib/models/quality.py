@@ -21,6 +21,7 @@ answers.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -32,7 +33,12 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from sdlib.base.questions import QUESTION_TYPES, QUESTIONS
+from sdlib.data.layout import load_clip, read_instructions
+from sdlib.decoding.ar import greedy_decode  # the AR baseline answers: stage 01 scores the models' own answers
 from sdlib.models.fact_words import FACT_KINDS, REPORTED_KINDS, WORD_RE, answer_facts, tag_words, words_of
+from sdlib.models.scale import clip_examples, drafter_visual
+from sdlib.models.train import DrafterLM, TargetLM, evaluate
 
 
 def fact_scores(generated: str, reference: str, only: Counter | None = None) -> dict[str, float]:
@@ -143,11 +149,6 @@ def image_reliance(decoder, which: str, split_dir, sizes, max_clips: int = 12) -
     """Answer loss (nats per token, teacher forced on the split's reference answers of the model's own view) with
     each clip's own images, and with the next clip's images instead. A model that reads its sensor does clearly
     worse with the wrong images; a pure language model does not notice."""
-    import dataclasses
-
-    from sdlib.models.scale import clip_examples
-    from sdlib.models.train import DrafterLM, TargetLM, evaluate
-
     examples = clip_examples(which, decoder, split_dir, sizes, max_clips)
     lm = DrafterLM(decoder.model) if which == "drafter" else TargetLM(decoder.model)
     pad = decoder.tokenizer.pad_token_id
@@ -161,8 +162,6 @@ def image_reliance(decoder, which: str, split_dir, sizes, max_clips: int = 12) -
 # ---- evaluation ---------------------------------------------------------------------------------------------------
 def test_prompts(split_dir, max_clips: int | None = None) -> list[dict[str, Any]]:
     """Records of a split grouped per clip, first ``max_clips`` clips in clip-id order (deterministic)."""
-    from sdlib.data.layout import read_instructions
-
     recs = read_instructions(split_dir)
     clips = sorted({r["clip_id"] for r in recs})[:max_clips]
     keep = set(clips)
@@ -172,7 +171,6 @@ def test_prompts(split_dir, max_clips: int | None = None) -> list[dict[str, Any]
 @dataclass
 class PairEvaluation:
     """Per-prompt table (one row per test prompt) and the per-prompt agreement vectors."""
-
     table: Any  # pandas DataFrame
     match: list[np.ndarray]  # per prompt: [target answer tokens] bool, drafter's teacher-forced prediction correct
     fact_token: list[np.ndarray]  # per prompt: [target answer tokens] bool, token lies in a fact word
@@ -200,10 +198,6 @@ def evaluate_pair(drafter, target, split_dir, sizes, max_clips: int | None = Non
     """
     import pandas as pd
 
-    from sdlib.data.layout import load_clip
-    from sdlib.decoding.ar import greedy_decode
-    from sdlib.models.scale import drafter_visual
-    from sdlib.world import QUESTION_TYPES, QUESTIONS
 
     recs = test_prompts(split_dir, max_clips)
     translate = pairing is not None and not pairing.identical

@@ -8,17 +8,30 @@ shapes, settings, data and code.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
+import resource
 import shutil
 import time
+import traceback
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from transformers import CLIPVisionConfig, VideoLlavaForConditionalGeneration
 
+from sdlib.base.questions import QUESTIONS
+from sdlib.core import progress as bar
+from sdlib.data.layout import load_clip, read_instructions, read_manifest
 from sdlib.fingerprint import CodeFingerprint, scale_models_fingerprint
-from sdlib.models.train import cache_key, resolve_precision
+from sdlib.models.eventgpt import EVENT_TOKEN_INDEX, EventChatConfig, EventChatModel, eventgpt_prompt
+from sdlib.models.eventgpt_runner import EventGPTDecoder, clip_style_preprocess
+from sdlib.models.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from sdlib.models.train import (DrafterLM, TargetLM, TrainConfig, cache_key, make_example, resolve_precision,
+                                train_model)
+from sdlib.models.videollava import ResizeNormalize, VideoLlavaDecoder, build_prompt, video_llava_config
 
 @dataclass(frozen=True)
 class ScaleSizes:
@@ -37,7 +50,6 @@ class ScaleSizes:
     - the image sizes set the prompt lengths: 8 x 50 = 400 target visual tokens, and 5 event images of 80 px pooled
       to 101 spatial + 5 temporal tokens (EventGPT's own 5-frame input), a ratio of 3.8 (4090: 3.6).
     """
-
     # target: Video-LLaVA = CLIP vision tower (8 frames) + Llama
     target_image: int = 56
     target_patch: int = 8
@@ -72,10 +84,6 @@ class ScaleSizes:
 
 def build_target(tokenizer, sizes: ScaleSizes, seed: int = 0):
     """A randomly initialised ``VideoLlavaForConditionalGeneration`` of the given sizes."""
-    from transformers import VideoLlavaForConditionalGeneration
-
-    from sdlib.models.videollava import video_llava_config
-
     cfg = video_llava_config(
         tokenizer, image_size=sizes.target_image, patch_size=sizes.target_patch,
         vision_hidden=sizes.target_vision_hidden, vision_layers=sizes.target_vision_layers, vision_heads=2,
@@ -88,10 +96,6 @@ def build_target(tokenizer, sizes: ScaleSizes, seed: int = 0):
 
 def build_drafter(tokenizer, sizes: ScaleSizes, seed: int = 0):
     """A randomly initialised ``EventChatModel`` (EventGPT class) of the given sizes."""
-    from transformers import CLIPVisionConfig
-
-    from sdlib.models.eventgpt import EventChatConfig, EventChatModel
-
     vision = CLIPVisionConfig(hidden_size=sizes.drafter_vision_hidden, intermediate_size=4 * sizes.drafter_vision_hidden,
                               num_hidden_layers=sizes.drafter_vision_layers, num_attention_heads=2,
                               image_size=sizes.event_image, patch_size=sizes.event_patch)
@@ -114,11 +118,6 @@ def world_corpus(train_dir) -> list[str]:
     """Text the scale-model tokenizer is learnt from: every training example's text as the models will read it,
     with the frequencies it has there: both models' prompts (system text and question; the visual placeholders are
     special tokens and drop out), the RGB answer and the event answer. Val and test text is never looked at."""
-    from sdlib.data.layout import read_instructions
-    from sdlib.models.eventgpt import eventgpt_prompt
-    from sdlib.models.videollava import build_prompt
-    from sdlib.world import QUESTIONS
-
     corpus = []
     for rec in read_instructions(train_dir):
         question, answer = (t["value"] for t in rec["conversations"][:2])
@@ -132,9 +131,6 @@ def world_corpus(train_dir) -> list[str]:
 def make_decoders(tokenizer, sizes: ScaleSizes, drafter_model=None, target_model=None, seed: int = 0):
     """(EventGPTDecoder, VideoLlavaDecoder) around given or freshly initialised models (weights drawn from ``seed``),
     with the scale model's fixed preprocessing (a plain resize + CLIP normalisation, identical on every machine)."""
-    from sdlib.models.eventgpt_runner import EventGPTDecoder, clip_style_preprocess
-    from sdlib.models.videollava import ResizeNormalize, VideoLlavaDecoder
-
     drafter_model = drafter_model if drafter_model is not None else build_drafter(tokenizer, sizes, seed=seed)
     target_model = target_model if target_model is not None else build_target(tokenizer, sizes, seed=seed)
     return (EventGPTDecoder(drafter_model, tokenizer, clip_style_preprocess(sizes.event_image)),
@@ -148,13 +144,6 @@ def drafter_visual(clip, sizes: ScaleSizes):
 
 def clip_examples(which: str, decoder, split_dir, sizes: ScaleSizes, max_clips: int | None = None):
     """Training examples of one split for the drafter (event view answers) or the target (RGB answers)."""
-    from collections import defaultdict
-
-    from sdlib.data.layout import load_clip, read_instructions
-    from sdlib.models.eventgpt import EVENT_TOKEN_INDEX
-    from sdlib.models.train import make_example
-    from sdlib.world import QUESTIONS
-
     by_clip: dict[str, list[dict]] = defaultdict(list)
     for rec in read_instructions(split_dir):
         by_clip[rec["clip_id"]].append(rec)
@@ -177,11 +166,6 @@ def clip_examples(which: str, decoder, split_dir, sizes: ScaleSizes, max_clips: 
 def _train_one(which: str, dataset_root: str, sizes: dict, cfg: dict, pair_dir: str, max_train_clips: int | None,
                max_val_clips: int | None) -> None:
     """Subprocess entry: train one model of the pair and save it (errors go to ``<which>.error.txt``)."""
-    import traceback
-
-    from sdlib.models.tokenizer import load_tokenizer
-    from sdlib.models.train import DrafterLM, TargetLM, TrainConfig, train_model
-
     pair = Path(pair_dir)
     try:
         s = ScaleSizes(**sizes)
@@ -219,7 +203,6 @@ def _train_one(which: str, dataset_root: str, sizes: dict, cfg: dict, pair_dir: 
 class _FileProgress:
     """A tqdm-like counter a training subprocess writes to a file, so the parent can draw one progress bar. A
     training process whose parent died (a killed or timed-out stage) exits at its next step instead of running on."""
-
     def __init__(self, path: Path, total: int, initial: int):
         self.path, self.total, self.n = path, total, initial
         self.parent = os.getppid()
@@ -263,12 +246,6 @@ def train_pair(dataset_root, sizes: ScaleSizes, cfg, models_root, *, max_train_c
     present) is reused as is. Drafter and target train at the same time in two processes with ``cfg.threads``
     threads each; a killed run resumes from each model's last checkpoint.
     """
-    import multiprocessing as mp
-
-    from sdlib.core import progress as bar
-    from sdlib.data.layout import read_manifest
-    from sdlib.models.tokenizer import save_tokenizer, train_tokenizer
-
     dataset_root = Path(dataset_root)
     hashes = {s: read_manifest(dataset_root / s)["content_hash"] for s in SPLIT_NAMES}
     cfg = resolve_precision(cfg)  # the pair records (and its training uses) the precision this machine runs
@@ -334,19 +311,12 @@ def train_pair(dataset_root, sizes: ScaleSizes, cfg, models_root, *, max_train_c
 
 def _peak_rss_mb(children: bool) -> float:
     """Peak resident memory (MB) of the largest finished child process (or of this process)."""
-    import resource
-
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def load_pair(pair_dir, sizes: ScaleSizes | None = None):
     """(drafter, target) decoders of a trained pair, from its safetensors checkpoints (local files only)."""
-    from transformers import VideoLlavaForConditionalGeneration
-
-    from sdlib.models.eventgpt import EventChatModel
-    from sdlib.models.tokenizer import load_tokenizer
-
     pair_dir = Path(pair_dir)
     if sizes is None:
         sizes = ScaleSizes(**json.loads((pair_dir / "pair.json").read_text())["sizes"])

@@ -2,7 +2,7 @@
 
 Input policy (one, everywhere; the original research used two frame samplings and two prompts):
 
-- frames: 8 of the clip's frames, picked by :func:`sdlib.world.render.uniform_frame_indices`;
+- frames: 8 of the clip's frames, picked by :func:`sdlib.base.frame_policy.uniform_frame_indices`;
 - prompt: exactly ``"USER: <video>\\n{question} ASSISTANT:"`` (no system prompt);
 - the ``<video>`` placeholder is expanded to ``frames x ((H/p)(W/p) + 1)`` tokens (Video-LLaVA keeps each frame's
   CLS token), e.g. 8 x 257 = 2056 for the 7B checkpoint (224 px, patch 14);
@@ -35,7 +35,7 @@ import torch
 
 from sdlib.models.interface import DecodingModel, ModelInputs
 from sdlib.models.kvcache import KVCache
-from sdlib.world.render import RGB_FRAMES, uniform_frame_indices
+from sdlib.base.frame_policy import RGB_FRAMES, uniform_frame_indices
 
 PROMPT_TEMPLATE = "USER: <video>\n{question} ASSISTANT:"
 VIDEO_TOKEN = "<video>"

@@ -10,7 +10,7 @@ from .qa import (MAX_TOKENS, MIN_TOKENS, QUESTION_TYPES, QUESTIONS, AnswerDiverg
 from .render import (DEFAULT_FPS, RGB_FRAMES, Camera, RenderedClip, clip_times_us, luminance, render_clip,
                      render_radiance, render_target_frames, rgb_camera, rgb_sample_times_s, target_frame_indices,
                      uniform_frame_indices)
-from .represent import count_frames, event_image, event_images, split_by_count, voxel_grid
+from sdlib.base.represent import count_frames, event_image, event_images, split_by_count, voxel_grid
 from .scene import Scene, sample_scene, scene_from_dict, scene_to_dict
 
 __all__ = [

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EVENT_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("t", "<i8"), ("p", "u1")])
+from sdlib.base.event_dtype import EVENT_DTYPE
+
 _NEVER = np.int64(-(2**62))  # "no event yet" time for the refractory check
 
 

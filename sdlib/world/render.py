@@ -27,10 +27,11 @@ from functools import lru_cache
 
 import numpy as np
 
+from sdlib.base.frame_policy import RGB_FRAMES, uniform_frame_indices
+
 from .scene import COLOURS, MOTOR_VEHICLES, NEAR_CLIP_M, RoadUser, Scene, StaticObject
 
 DEFAULT_FPS = 200
-RGB_FRAMES = 8
 HFOV_DEG = 70.0
 HORIZON_FRAC = 0.40  # image row of the horizon, as a fraction of the height (the camera looks slightly down)
 CAMERA_HEIGHT_M = 1.4
@@ -109,15 +110,6 @@ def clip_times_us(duration_s: float, fps: float = DEFAULT_FPS) -> np.ndarray:
         raise ValueError(f"duration_s={duration_s}, fps={fps}: expected both positive")
     n = int(round(duration_s * fps)) + 1
     return np.round(np.linspace(0.0, duration_s * 1e6, n)).astype(np.int64)  # [T]
-
-
-def uniform_frame_indices(n_total: int, n: int = RGB_FRAMES) -> np.ndarray:
-    """THE frame-sampling policy for the target's input: `n` indices spread uniformly over `n_total` frames,
-    `arange(0, n_total, n_total / n).astype(int)` as in Video-LLaVA's documentation (the first frame is always
-    included, the last usually is not)."""
-    if n < 1 or n_total < n:
-        raise ValueError(f"uniform_frame_indices: need 1 <= n <= n_total, got n={n}, n_total={n_total}")
-    return np.arange(0, n_total, n_total / n).astype(np.int64)[:n]  # [n]
 
 
 def target_frame_indices(n_rendered: int, n: int = RGB_FRAMES) -> np.ndarray:

@@ -13,7 +13,11 @@ the losslessness suite checks).
 """
 from __future__ import annotations
 
+import json
+
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 
@@ -65,10 +69,6 @@ KINDS: dict[str, type[nn.Module]] = {"LinearAdapter": LinearAdapter, "FusionHead
 def save_module(module: nn.Module, path, **config: int) -> None:
     """Weights of an adapter or head as safetensors; the metadata names its class (``type``) and the constructor
     arguments (``config``), so :func:`load_module` rebuilds it without pickle."""
-    import json
-
-    from safetensors.torch import save_file
-
     kind = type(module).__name__
     if kind not in KINDS:
         raise ValueError(f"{kind}: not a registered adapter/head kind ({sorted(KINDS)})")
@@ -78,11 +78,6 @@ def save_module(module: nn.Module, path, **config: int) -> None:
 
 def load_module(path) -> nn.Module:
     """The adapter or head saved by :func:`save_module` at ``path`` (eval mode, float32)."""
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     kind = meta.get("type")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .events import EVENT_DTYPE
+from .event_dtype import EVENT_DTYPE
 
 EVENT_IMAGE_POSITIVE = (255, 0, 0)  # red
 EVENT_IMAGE_NEGATIVE = (0, 0, 255)  # blue

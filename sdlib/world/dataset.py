@@ -1,4 +1,5 @@
-"""Build the stage-00 data sets: the simulated world's train/val/test splits, or DSEC clips (``real`` profile).
+"""Build the simulated world's stage-00 data sets: its train/val/test splits (DSEC clips, the ``real`` profile's, are
+built by :func:`sdlib.data.dsec.build_dsec` in the same layout).
 
 Both go through :class:`sdlib.data.layout.DatasetWriter`, so both are resumable clip by clip: a rerun skips
 finished clips, a killed run leaves no half-written clip, and a clip with bad input is recorded in the manifest
@@ -24,16 +25,22 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from sdlib.core import progress as bar
 from sdlib.data.errors import DataError
-from sdlib.data.layout import (DEFAULT_SPLIT_FRACTIONS, MANIFEST_JSON, ClipData, DatasetWriter, assign_split,
-                               check_disjoint, read_manifest)
+from sdlib import paths
+from sdlib.base.questions import QUESTION_TYPES, QUESTIONS
+from sdlib.base.represent import event_image, event_images
+from sdlib.data.layout import (DEFAULT_SPLIT_FRACTIONS, MANIFEST_JSON, SPLIT_SALT, ClipData, DatasetWriter,
+                               assign_split, check_disjoint, read_instructions, read_manifest)
 from sdlib.fingerprint import CodeFingerprint, world_fingerprint
 from sdlib.threads import usable_cpus
+from sdlib.world.clip import WorldConfig, make_clip
+from sdlib.world.qa import edit_ratio, tokenize
+from sdlib.world.scene import scene_to_dict
 
 SPLITS = ("train", "val", "test")
 SPEC_JSON = "build.json"
 SPEC_FORMAT = "sdlib.data.world/1"
-SPLIT_SALT = "sdlib.world.split.v1"
 CODE_JSON = "code_fingerprint.json"  # per split: the fingerprint of the code that writes its clips
 
 
@@ -49,9 +56,7 @@ class WorldSpec:
     rgb_size: tuple[int, int] = (128, 96)  # target frames (width, height)
     fps: float = 200.0  # internal render rate driving the event simulator
 
-    def world_config(self):
-        from sdlib.world import WorldConfig
-
+    def world_config(self) -> WorldConfig:
         return WorldConfig(sensor_size=tuple(self.sensor_size), rgb_size=tuple(self.rgb_size), fps=self.fps)
 
     def to_json(self) -> dict[str, Any]:
@@ -156,10 +161,8 @@ def world_clip_data(scene_seed: int, spec: WorldSpec, scenes_dir: Path | None = 
     """Generate one world clip and everything the data set stores for it.
 
     With ``scenes_dir``, the scene's ground truth (every object, light and illumination) is written there as
-    ``scene_<seed>.json`` (:func:`sdlib.world.scene_to_dict`).
+    ``scene_<seed>.json`` (:func:`sdlib.world.scene.scene_to_dict`).
     """
-    from sdlib.world import QUESTIONS, QUESTION_TYPES, event_image, event_images, make_clip, scene_to_dict
-
     world = spec.world_config()
     clip = make_clip(np.random.default_rng([spec.seed, scene_seed]), world)
     if scenes_dir is not None:
@@ -226,9 +229,6 @@ def build_world(spec: WorldSpec, root: Path | None = None, progress: bool = True
                 workers: int | None = None) -> BuildReport:
     """Build (or finish, or confirm) the world data set ``data/world/<spec.name>``; ``workers`` processes generate
     the clips (default: one per usable core, fewer for small builds)."""
-    from sdlib import paths
-    from sdlib.core import progress as bar
-
     t0 = time.perf_counter()
     root = Path(root or paths.data_dir() / "world" / spec.name)
     if spec.n_scenes < 1:
@@ -270,55 +270,10 @@ def build_world(spec: WorldSpec, root: Path | None = None, progress: bool = True
     return report
 
 
-# ---- DSEC (real profile) -----------------------------------------------------------------------------------------
-DSEC_PREFIXES = ("zurich_city_", "interlaken_", "thun_")
-
-
-def dsec_sequences(dsec_root: Path, split_folder: str) -> list[Path]:
-    """Sequence folders of ``<dsec_root>/<split_folder>`` whose names the original research used."""
-    folder = Path(dsec_root) / split_folder
-    if not folder.is_dir():
-        raise DataError(f"DSEC root {dsec_root}: no '{split_folder}' folder; expected {folder} with sequence folders",
-                        source=folder, expected="DSEC layout <root>/{train,test}/<sequence>")
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(DSEC_PREFIXES))
-
-
-def build_dsec(dsec_root: str | Path, name: str, questions: Sequence[str], val_fraction: float = 0.1,
-               max_clips_per_sequence: int | None = None, root: Path | None = None,
-               param_hint: str = "dsec_root") -> dict[str, dict[str, Any]]:
-    """DSEC clips (1 s, 50% overlap) in the same layout: DSEC train sequences split into train/val by sequence,
-    DSEC test sequences as test. A missing root fails at once with the parameter that supplied it."""
-    from sdlib import paths
-    from sdlib.data.dsec import build_dsec_split
-
-    dsec_root = Path(dsec_root)
-    if not dsec_root.is_dir():
-        raise DataError(f"{param_hint}: DSEC root {dsec_root} does not exist (download DSEC and point the `real` "
-                        f"profile at it)", source=dsec_root, expected="a DSEC folder with train/ and test/")
-    root = Path(root or paths.data_dir() / "dsec" / name)
-    train_seqs = dsec_sequences(dsec_root, "train")
-    fractions = {"train": 1.0 - val_fraction, "val": val_fraction}
-    by_split = {
-        "train": [p for p in train_seqs if assign_split(p.name, fractions, salt=SPLIT_SALT) == "train"],
-        "val": [p for p in train_seqs if assign_split(p.name, fractions, salt=SPLIT_SALT) == "val"],
-        "test": dsec_sequences(dsec_root, "test"),
-    }
-    manifests = {
-        split: build_dsec_split(seqs, root, split, questions=questions, max_clips_per_sequence=max_clips_per_sequence,
-                                progress=True)
-        for split, seqs in by_split.items()
-    }
-    check_disjoint([root / s for s in by_split])
-    return manifests
-
-
 def answer_table(root: str | Path, splits: Sequence[str] = SPLITS):
     """One row per question-answer pair of a world data set: split, clip, question type, illumination, the
     lengths of the RGB (target) and event (drafter) answers, and how far apart the two are (token edit ratio)."""
     import pandas as pd
-
-    from sdlib.data.layout import read_instructions
-    from sdlib.world import QUESTIONS, QUESTION_TYPES, edit_ratio, tokenize
 
     rows = []
     for split in splits:
