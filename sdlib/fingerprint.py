@@ -37,6 +37,11 @@ The caches and what they cover (``python -m sdlib.fingerprint`` lists the files)
 - ``pair_evaluation`` (stage 01's answers and agreement of a trained pair on the test split,
   :func:`sdlib.models.quality.cached_evaluation`): entries ``sdlib.models.quality`` and ``sdlib.decoding.ar``, with
   everything they reach (the model wrappers, the question set); nothing excluded but the modules below.
+- ``features`` (stage 03's paired hidden states, :func:`sdlib.align.extract.extract_split`): entry
+  ``sdlib.align.extract``, with the store, the model wrappers and the data layout it reaches. The store's config
+  adds the pair's cache key and the split's content hash, so new weights or data also rebuild it.
+- ``adapters`` (stage 04's trained adapters and heads, :func:`sdlib.align.train.train_adapter`): entry
+  ``sdlib.align.train`` (the zoo's classes, the store); the run folder's name also hashes the feature store it read.
 - all exclude ``sdlib.plots``, ``sdlib.runner`` and ``sdlib.__main__`` (they draw figures and run notebooks) and
   this module (it only decides when to rebuild, and a change to its rule that collects other files changes the
   digests by itself): none of them computes an artefact.
@@ -63,6 +68,8 @@ SCOPES: dict[str, dict[str, tuple[str, ...]]] = {
     "world": {"entries": ("sdlib.world.dataset",), "exclude": NO_ARTEFACT},
     "scale_models": {"entries": ("sdlib.models.scale",), "exclude": ("sdlib.theory", *NO_ARTEFACT)},
     "pair_evaluation": {"entries": ("sdlib.models.quality", "sdlib.decoding.ar"), "exclude": NO_ARTEFACT},
+    "features": {"entries": ("sdlib.align.extract",), "exclude": NO_ARTEFACT},
+    "adapters": {"entries": ("sdlib.align.train",), "exclude": NO_ARTEFACT},
 }
 
 
@@ -187,7 +194,8 @@ def code_fingerprint(entries: Sequence[str], root: str | Path | None = None,
 
 
 def scope_fingerprint(scope: str, root: str | Path | None = None) -> CodeFingerprint:
-    """The fingerprint of one of the :data:`SCOPES` (``"world"``, ``"scale_models"``, ``"pair_evaluation"``)."""
+    """The fingerprint of one of the :data:`SCOPES` (``"world"``, ``"scale_models"``, ``"pair_evaluation"``,
+    ``"features"``, ``"adapters"``)."""
     if scope not in SCOPES:
         raise ValueError(f"code scope {scope!r}: expected one of {sorted(SCOPES)}")
     return code_fingerprint(SCOPES[scope]["entries"], root, SCOPES[scope]["exclude"])

@@ -153,3 +153,15 @@ def test_decision_grid_limits():
     np.testing.assert_allclose(g["same"][:, 0], 1.0)
     assert g["same"][0, 1] > g["cross"][0, 1]  # short prefill, good drafts: the cheap same-modality head wins
     assert g["cross"][1, 1] > g["cross"][0, 1]  # a longer prefill hides more drafts
+
+
+def test_two_phase_estimate_from_prefixes_matches_the_window_model():
+    # no window draft accepted anywhere: the head alone after the prefill
+    none = th.two_phase_estimate([0] * 7, 4, 0.6, th.RTX4090, 30)
+    assert none.sd_ms == pytest.approx(th.best_e2e(0.6, th.RTX4090, 30, gamma_max=16, window=False).sd_ms)
+    # prefixes in exactly the proportions of a per-token acceptance of 0.5 over a window of 4 (1/2, 1/4, 1/8, 1/16,
+    # 1/16 for 0..4): the same expected time as e2e_time's window model with alpha = 0.5 and the best gamma
+    prefixes = [0] * 8 + [1] * 4 + [2] * 2 + [3] + [4]
+    est = th.two_phase_estimate(prefixes, 4, 0.5, th.RTX4090, 30)
+    model = min((th.e2e_time(0.5, th.RTX4090, 30, gamma=g, window_cap=4) for g in range(17)), key=lambda r: r.sd_ms)
+    assert est.sd_ms == pytest.approx(model.sd_ms) and est.gamma == model.gamma and est.window_drafts == 4

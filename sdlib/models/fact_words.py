@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Sequence
+from typing import Any, Sequence
+
+import numpy as np
 
 FACT_KINDS: tuple[str, ...] = ("object", "colour", "count", "light", "motion", "static", "layout", "setting")
 REPORTED_KINDS: tuple[str, ...] = ("object", "colour", "count", "light", "motion", "static")  # the issue's six
@@ -121,3 +123,24 @@ def tag_words(words: Sequence[str]) -> list[tuple[str, str | None] | None]:
 def answer_facts(text: str) -> Counter:
     """Multiset of ``(kind, value)`` facts stated by an answer."""
     return Counter(t for t in tag_words(words_of(text)) if t is not None and t[1] is not None)
+
+
+def token_fact_mask(tokenizer: Any, ids: Sequence[int]) -> np.ndarray:
+    """Per token of ``ids``: True if it lies inside a fact word (see :func:`tag_words`), False otherwise (template
+    words, punctuation, the end-of-answer token)."""
+    ids = list(ids)
+    prefixes = tokenizer.batch_decode([ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True)
+    ends = [len(t) for t in prefixes]  # character offset where each token's text ends
+    text = prefixes[-1] if prefixes else ""
+    spans = [(m.start(), m.end(), m.group()) for m in WORD_RE.finditer(text)]
+    tags = tag_words([s[2] for s in spans])
+    fact_chars = np.zeros(len(text) + 1, dtype=bool)
+    for (a, b, _), tag in zip(spans, tags):
+        if tag is not None:
+            fact_chars[a:b] = True
+    out = np.zeros(len(ids), dtype=bool)
+    start = 0
+    for i, end in enumerate(ends):
+        out[i] = bool(fact_chars[start:end].any())
+        start = end
+    return out

@@ -36,7 +36,7 @@ import torch
 from sdlib.base.questions import QUESTION_TYPES, QUESTIONS
 from sdlib.data.layout import load_clip, read_instructions
 from sdlib.decoding.ar import greedy_decode  # the AR baseline answers: stage 01 scores the models' own answers
-from sdlib.models.fact_words import FACT_KINDS, REPORTED_KINDS, WORD_RE, answer_facts, tag_words, words_of
+from sdlib.models.fact_words import FACT_KINDS, REPORTED_KINDS, answer_facts, token_fact_mask, words_of
 from sdlib.models.scale import clip_examples, drafter_visual
 from sdlib.models.train import DrafterLM, TargetLM, evaluate
 
@@ -67,27 +67,6 @@ def rgb_only_facts(rgb_reference: str, events_reference: str) -> Counter:
 
 
 # ---- tokens, words and agreement --------------------------------------------------------------------------------
-def token_fact_mask(tokenizer: Any, ids: Sequence[int]) -> np.ndarray:
-    """Per token of ``ids``: True if it lies inside a fact word (see :func:`tag_words`), False otherwise (template
-    words, punctuation, the end-of-answer token)."""
-    ids = list(ids)
-    prefixes = tokenizer.batch_decode([ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True)
-    ends = [len(t) for t in prefixes]  # character offset where each token's text ends
-    text = prefixes[-1] if prefixes else ""
-    spans = [(m.start(), m.end(), m.group()) for m in WORD_RE.finditer(text)]
-    tags = tag_words([s[2] for s in spans])
-    fact_chars = np.zeros(len(text) + 1, dtype=bool)
-    for (a, b, _), tag in zip(spans, tags):
-        if tag is not None:
-            fact_chars[a:b] = True
-    out = np.zeros(len(ids), dtype=bool)
-    start = 0
-    for i, end in enumerate(ends):
-        out[i] = bool(fact_chars[start:end].any())
-        start = end
-    return out
-
-
 def round_accepts(match: Sequence[bool], k: int) -> list[int]:
     """Accepted drafts per round of greedy speculative decoding with draft length ``k``, given the teacher-forced
     match vector of an answer: each round accepts the run of matches from its start (at most ``k``), then the target
