@@ -276,7 +276,7 @@ def _train(name, module, train, val, target_head, run, cfg, module_config, progr
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
             opt.step()
-            run_loss += float(loss) * st["rows"]
+            run_loss += float(loss.detach()) * st["rows"]
             run_rows += st["rows"]
             bar.update(1)
         bar.close()
