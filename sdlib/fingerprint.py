@@ -41,7 +41,8 @@ The caches and what they cover (``python -m sdlib.fingerprint`` lists the files)
   ``sdlib.align.extract``, with the store, the model wrappers and the data layout it reaches. The store's config
   adds the pair's cache key and the split's content hash, so new weights or data also rebuild it.
 - ``adapters`` (stage 04's trained adapters and heads, :func:`sdlib.align.train.train_adapter`): entry
-  ``sdlib.align.train`` (the zoo's classes, the store); the run folder's name also hashes the feature store it read.
+  ``sdlib.align.train`` and ``sdlib.align.lora`` (the zoo's classes, L6, the store); the run folder's name also
+  hashes the feature store it read.
 - all exclude ``sdlib.plots``, ``sdlib.runner`` and ``sdlib.__main__`` (they draw figures and run notebooks) and
   this module (it only decides when to rebuild, and a change to its rule that collects other files changes the
   digests by itself): none of them computes an artefact.
@@ -69,7 +70,7 @@ SCOPES: dict[str, dict[str, tuple[str, ...]]] = {
     "scale_models": {"entries": ("sdlib.models.scale",), "exclude": ("sdlib.theory", *NO_ARTEFACT)},
     "pair_evaluation": {"entries": ("sdlib.models.quality", "sdlib.decoding.ar"), "exclude": NO_ARTEFACT},
     "features": {"entries": ("sdlib.align.extract",), "exclude": NO_ARTEFACT},
-    "adapters": {"entries": ("sdlib.align.train",), "exclude": NO_ARTEFACT},
+    "adapters": {"entries": ("sdlib.align.train", "sdlib.align.lora"), "exclude": NO_ARTEFACT},
 }
 
 

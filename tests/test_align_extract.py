@@ -132,3 +132,40 @@ def test_two_accelerate_processes_store_what_one_process_stores(pair, world, tmp
         assert x.keys() == y.keys()
         for k in x:
             assert torch.equal(x[k], y[k]), (sid, k)
+
+
+def test_l6_lora_reads_the_stored_rows_and_trains_only_its_own_weights(world, tmp_path):
+    from sdlib.align import lora
+    from sdlib.align.train import FrozenTarget
+
+    drafter, target = random_pair(seed=11)
+    sp = stage_pair((drafter, target), world, key="random-11")
+    for split in ("train", "val"):
+        extract.run_extraction(sp, split, extract.split_clips(world / split, 1), tmp_path / split, CFG, "fp",
+                               progress=False)
+    train, val = FeatureStore(tmp_path / "train"), FeatureStore(tmp_path / "val")
+    ex = lora.lora_examples(drafter, world / "train", sp.drafter_visual, train)
+    cfg = lora.LoraConfig(r=4, alpha=8, epochs=2, accumulate=2)
+    base = {k: v.clone() for k, v in drafter.model.state_dict().items()}
+    proj = lora.attach_lora(drafter, cfg, SIZES.target_hidden)
+    # LoRA starts as the identity (B = 0): the grad-enabled forward reads exactly the stored rows (no off-by-one)
+    with torch.no_grad():
+        for inputs, visual, s in ex[:3]:
+            rows = lora.drafter_rows(drafter, inputs, s["tokens"], visual)
+            assert torch.allclose(rows, s["drafter"].float(), atol=2e-3, rtol=1e-2)
+    export = tmp_path / "head.safetensors"
+    extract.export_lm_head(target, export)
+    head = FrozenTarget.load(export)
+    vex = lora.lora_examples(drafter, world / "val", sp.drafter_visual, val)
+    res = lora.train_lora(drafter, proj, ex, vex, head, cfg, tmp_path / "l6.safetensors", progress=False,
+                          log=lambda *_: None)
+    assert res["history"][-1]["train_loss"] < res["history"][0]["train_loss"]
+    after = drafter.model.state_dict()
+    changed = {k for k in base if k in after and not torch.equal(base[k], after[k])}
+    assert not changed  # the base weights are frozen (LoRA tensors are new keys)
+    assert any(float(p.detach().abs().sum()) > 0 for n, p in lora.lora_parameters(drafter).items() if "lora_B" in n)
+    fresh, _ = random_pair(seed=11)
+    proj2 = lora.load_lora(fresh, tmp_path / "l6.safetensors", SIZES.target_hidden)
+    a = lora.lora_rows(drafter, proj, ex[:2])
+    b = lora.lora_rows(fresh, proj2, ex[:2])
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b))
