@@ -104,3 +104,19 @@ def save_metrics(stage: str, metrics: Mapping[str, Any]) -> Path:
     tmp.write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=True))
     tmp.replace(out)
     return out
+
+
+def stage_metrics(stage: str) -> dict[str, Any]:
+    """The metrics of the last run of an earlier ``stage``, for the stages that build on it.
+
+    A run through the runner (``make book``, ``python -m sdlib run``) leaves ``data/results/<stage>.json``; a notebook
+    executed in a kernel of its own (JupyterLab, nbval) leaves only the metrics it handed to the runner
+    (:func:`save_metrics`). The newer of the two is read, so a later stage always builds on the latest run."""
+    result = paths.results_dir() / f"{stage}.json"
+    pending = pending_metrics_path(stage)
+    found = sorted((p.stat().st_mtime, i, p) for i, p in enumerate((result, pending)) if p.is_file())
+    if not found:
+        raise FileNotFoundError(f"{result} is missing: run stage {stage} first (`make run STAGE={stage}`)")
+    path = found[-1][2]
+    data = json.loads(path.read_text())
+    return data["metrics"] if path == result else data

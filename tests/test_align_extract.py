@@ -114,7 +114,8 @@ def test_two_accelerate_processes_store_what_one_process_stores(pair, world, tmp
     (pair_dir / "DONE").write_text("")
     (data_dir / "results").mkdir(parents=True)
     (data_dir / "results" / "01_models.json").write_text(json.dumps(
-        {"parameters": {"source": "scale", "dataset": "t"}, "metrics": {"pair_dir": str(pair_dir)}}))
+        {"parameters": {}, "metrics": {"pair_dir": str(pair_dir),
+                                       "stage_parameters": {"source": "scale", "dataset": "t"}}}))
     (data_dir / "world").mkdir()
     (data_dir / "world" / "t").symlink_to(world, target_is_directory=True)
     from sdlib.models.stage_pair import load_stage_pair

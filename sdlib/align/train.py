@@ -41,10 +41,15 @@ from sdlib.models.train import load_optimizer, load_weights, save_optimizer, sav
 @dataclass(frozen=True)
 class Task:
     """What a module kind reads (stored keys, and ``embeds``: the target's embedding of each row's token) and how
-    many rows ahead its output row predicts."""
+    many rows ahead its output row predicts.
+
+    ``same_weight`` > 0 reproduces the original research's objective for its next-position modules (B1, L5F): that
+    share of the loss compares the output with the target row at the *same* position, which the input of B1 and L5F
+    already holds (the leak), the rest with the next row. The book's modules use 0."""
 
     inputs: tuple[str, ...]
     shift: int
+    same_weight: float = 0.0
 
 
 TASKS: dict[str, Task] = {
@@ -181,16 +186,28 @@ def losses(preds: Sequence[torch.Tensor], batch: dict[str, torch.Tensor], shift:
     return total / max(1, len(preds)), {**{k: v / max(1, count) for k, v in stats.items()}, "rows": count}
 
 
+def objective(preds: Sequence[torch.Tensor], batch: dict[str, torch.Tensor], task: Task, target_head: FrozenTarget,
+              cfg: AdapterTrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss of ``task`` (see :class:`Task`; statistics are those of its own shift)."""
+    loss, st = losses(preds, batch, task.shift, target_head, cfg)
+    if task.same_weight:
+        same, _ = losses(preds[:1], batch, 0, target_head, cfg)
+        loss = task.same_weight * same + (1 - task.same_weight) * loss
+    return loss, st
+
+
 @torch.no_grad()
 def validate(module: torch.nn.Module, store: FeatureStore, target_head: FrozenTarget, cfg: AdapterTrainConfig,
-             keys: Sequence[str], steps: int, sample_ids: Sequence[str] | None = None) -> dict[str, float]:
-    """Validation loss and first-step statistics over a whole store (no shuffling)."""
+             keys: Sequence[str], steps: int, sample_ids: Sequence[str] | None = None,
+             task: Task | None = None) -> dict[str, float]:
+    """Validation loss (the training objective) and first-step statistics over a whole store (no shuffling)."""
     module.eval()
-    shift = task_of(module).shift
+    task = task or task_of(module)
+    shift = task.shift
     loss_sum, rows, agg = 0.0, 0, {"cos": 0.0, "accept_0.90": 0.0, "top1": 0.0}
     for batch in batches(store, cfg.batch_size, keys, shuffle=False, seed=0, sample_ids=sample_ids):
         preds = forward(module, batch, target_head, steps)
-        loss, st = losses(preds, batch, shift, target_head, cfg)
+        loss, st = objective(preds, batch, task, target_head, cfg)
         _, first = losses(preds[:1], batch, shift, target_head, cfg)
         loss_sum += float(loss) * st["rows"]
         rows += st["rows"]
@@ -215,8 +232,10 @@ def _atomic_json(path: Path, obj: Any) -> None:
 
 def train_adapter(name: str, module: torch.nn.Module, train: FeatureStore, val: FeatureStore,
                   target_head: FrozenTarget, out_dir: str | Path, cfg: AdapterTrainConfig,
-                  module_config: dict[str, Any], *, progress: bool = True, log: Callable = print) -> dict[str, Any]:
+                  module_config: dict[str, Any], *, progress: bool = True, log: Callable = print,
+                  task: Task | None = None) -> dict[str, Any]:
     """Train ``module`` (built from ``module_config`` by its class) and keep its best-on-validation weights.
+    ``task`` replaces the class's :data:`TASKS` entry (e.g. the original's objective, ``same_weight`` 0.5).
 
     A finished run (``DONE``) is reused as is; a killed one resumes from ``last/``. Returns the run's summary:
     ``{"name", "kind", "params", "epochs_run", "best_epoch", "best_val", "seconds", "dir", "cached"}``."""
@@ -229,13 +248,13 @@ def train_adapter(name: str, module: torch.nn.Module, train: FeatureStore, val: 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _train(name, module, train, val, target_head, run, cfg, module_config, progress, log)
+        return _train(name, module, train, val, target_head, run, cfg, module_config, progress, log,
+                      task or task_of(module))
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _train(name, module, train, val, target_head, run, cfg, module_config, progress, log) -> dict[str, Any]:
-    task = task_of(module)
+def _train(name, module, train, val, target_head, run, cfg, module_config, progress, log, task) -> dict[str, Any]:
     keys = tuple(k for k in task.inputs if k != "embeds") + ("target",)
     steps = cfg.rollout_steps if type(module).__name__ == "Eagle3Head" else 1
     torch.manual_seed(cfg.seed)
@@ -271,7 +290,7 @@ def _train(name, module, train, val, target_head, run, cfg, module_config, progr
             for g in opt.param_groups:
                 g["lr"] = _lr(step0 + i, total, cfg)
             preds = forward(module, batch, target_head, steps)
-            loss, st = losses(preds, batch, task.shift, target_head, cfg)
+            loss, st = objective(preds, batch, task, target_head, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
@@ -280,7 +299,7 @@ def _train(name, module, train, val, target_head, run, cfg, module_config, progr
             run_rows += st["rows"]
             bar.update(1)
         bar.close()
-        v = validate(module, val, target_head, cfg, keys, steps)
+        v = validate(module, val, target_head, cfg, keys, steps, task=task)
         record = {"epoch": epoch + 1, "train_loss": run_loss / max(1, run_rows), "val_loss": v["loss"],
                   "val_cos": v["cos"], "val_accept_0.90": v["accept_0.90"], "val_token_top1": v["top1"],
                   "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - te}

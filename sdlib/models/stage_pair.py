@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sdlib import paths
+from sdlib.core import stage_metrics
 from sdlib.base import QUESTIONS
 from sdlib.models import scale
 from sdlib.models.interface import DecodingModel
@@ -29,17 +30,12 @@ class StagePair:
     data_root: Path  # the data set stage 01 used
 
 
-def stage01_record(results_dir: Path | None = None) -> dict[str, Any]:
-    path = (results_dir or paths.results_dir()) / "01_models.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run stage 01_models first (`make run STAGE=01_models`)")
-    return json.loads(path.read_text())
-
-
-def load_stage_pair(results_dir: Path | None = None) -> StagePair:
-    """The drafter, target and tokenizer pairing of stage 01's last run."""
-    record = stage01_record(results_dir)
-    params, metrics = record["parameters"], record["metrics"]
+def load_stage_pair() -> StagePair:
+    """The drafter, target and tokenizer pairing of stage 01's last run (:func:`sdlib.core.stage_metrics`)."""
+    metrics = stage_metrics("01_models")
+    params = metrics.get("stage_parameters")
+    if params is None:
+        raise ValueError("stage 01's metrics carry no `stage_parameters` (made by older code): rerun stage 01_models")
     source = params.get("source", "scale")
     if source == "scale":
         pair_dir = metrics.get("pair_dir")
