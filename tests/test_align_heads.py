@@ -8,7 +8,7 @@ import torch
 from engine_fixtures import SIZES, random_pair, requests
 from sdlib.align.heads import (KINDS, AttentionAdapter, BottleneckAdapter, Eagle3Head, EagleAdapter, FusionAdapter,
                                FusionHead, LinearAdapter, LinearHead, StackedBottleneckAdapter, TargetHead,
-                               WideBottleneckAdapter, load_module, param_count, save_module)
+                               Stepper, WideBottleneckAdapter, load_module, param_count, save_module)
 from sdlib.decoding.ar import greedy_decode
 from sdlib.decoding.drafters import FeatureDrafter, TargetHeadDrafter
 from sdlib.decoding.speculative import speculative_decode
@@ -273,3 +273,101 @@ def test_drafters_running_the_attention_modules_stay_lossless():
         for make, _ in makers:
             spec = speculative_decode(target, t_in, make(), d_in, 1 + i % 3, 12, stop_at_eos=False, window=2 * (i % 2))
             assert spec.tokens == ar.tokens, i
+
+
+def test_next_position_adapter_and_eagle3_head_drive_the_engine_losslessly():
+    """FeatureDrafter with the next-position L5 adapter (token embeddings) and TargetHeadDrafter with the EAGLE-3 head
+    on three target layers (random weights, window sliding past ``max_len=4``): greedy output token-identical to the
+    target's; the L5 drafter makes no prefill-window drafts (it cannot draft the answer's first token)."""
+    pair = random_pair()
+    drafter, target = pair
+    torch.manual_seed(4)
+    l5 = EagleAdapter(SIZES.drafter_hidden, SIZES.target_hidden, max_len=4)
+    e3 = Eagle3Head(SIZES.target_hidden, max_len=4)
+    makers = [lambda: FeatureDrafter(drafter, l5, target.lm_head, target_embed=target.embed_tokens),
+              lambda: TargetHeadDrafter(e3, target.lm_head, target.embed_tokens, target_layers=(0, 1, 2))]
+    for i, (t_in, d_in) in enumerate(requests(pair, 4, seed=12)):
+        ar = greedy_decode(target, t_in, 12, stop_at_eos=False)
+        for j, make in enumerate(makers):
+            spec = speculative_decode(target, t_in, make(), d_in, 1 + i % 3, 12, stop_at_eos=False, window=3)
+            assert spec.tokens == ar.tokens, (i, j)
+            assert spec.stats.drafted > 0, (i, j)
+            if j == 0:
+                assert spec.drafts_ready_at_prefill_end == 0
+
+
+def test_new_drafters_read_the_rows_their_modules_were_trained_on():
+    """The first draft of each equals the module applied offline to the rows of the training layout: L5 reads
+    drafter row 0 (the prompt's last) with token 0's target embedding; EAGLE-3 reads the target's layers (0, 1, 2)
+    at the prompt's last position, fused, with token 0's embedding."""
+    pair = random_pair()
+    drafter, target = pair
+    torch.manual_seed(5)
+    l5 = EagleAdapter(SIZES.drafter_hidden, SIZES.target_hidden, max_len=8).eval()
+    e3 = Eagle3Head(SIZES.target_hidden, max_len=8).eval()
+    t_in, d_in = next(iter(requests(pair, 1, seed=13)))
+    layers = (0, 1, 2)
+    session = target.start(t_in, layers=layers)
+    tok0 = int(session.prompt_logits.argmax())
+    e0 = target.embed_tokens(torch.tensor([tok0]))
+    with torch.no_grad():
+        rows = torch.stack([session.prompt_layers[i][-1:] for i in layers], dim=1)  # [1, 3, H]
+        want_e3 = int(target.lm_head(e3(rows, e0)[-1]).argmax())
+        d_row = drafter.start(d_in).prompt_hidden[-1:]
+        want_l5 = int(target.lm_head(l5(d_row, e0)[-1]).argmax())
+    head = TargetHeadDrafter(e3, target.lm_head, target.embed_tokens, target_layers=layers)
+    head.begin(None)
+    head.feedback([], tok0, rows)
+    assert int(head.propose(1).tokens[0]) == want_e3
+    feat = FeatureDrafter(drafter, l5, target.lm_head, target_embed=target.embed_tokens)
+    feat.begin(d_in)
+    assert feat.advance(2) == 0  # nothing before the first token is known
+    feat.feedback([], tok0)
+    assert int(feat.propose(1).tokens[0]) == want_l5
+    with pytest.raises(ValueError, match="reads 3 target layers"):
+        TargetHeadDrafter(e3, target.lm_head, target.embed_tokens)
+    with pytest.raises(ValueError, match="pass target_embed"):
+        FeatureDrafter(drafter, l5, target.lm_head)
+    with pytest.raises(ValueError, match="cannot draft from the drafter's sensor"):
+        FeatureDrafter(drafter, FusionAdapter(SIZES.drafter_hidden, SIZES.target_hidden), target.lm_head)
+
+
+@pytest.mark.parametrize("name", ["L1", "L4", "L4_pos", "L5", "B1", "L5F", "E3", "E3_fused"])
+def test_stepper_equals_the_full_window_forward(name):
+    """Row-by-row evaluation with cached keys/values (the engine's) gives each row's output of the full forward over
+    the window (the last ``max_len`` rows), through a rejection (truncate, refeed other rows), past ``max_len`` (the
+    window slides) and back under it (caches rebuilt)."""
+    torch.manual_seed(6)
+    make, shapes, options = CASES[name]
+    module = make().eval()
+    if hasattr(module, "trunk"):  # a short window and two blocks, so sliding and every block's cache are exercised
+        cfg = dict(module.config, max_len=6, n_blocks=2)
+        module = type(module)(**{k: v for k, v in cfg.items() if k != "ffn"}).eval()
+    stepper = Stepper(module, **options)
+    rows = [tuple(torch.randn(*shape) for shape in shapes) for _ in range(10)]
+    other = [tuple(torch.randn(*shape) for shape in shapes) for _ in range(3)]
+
+    def full(seq):
+        w = seq[-stepper.context:]
+        with torch.no_grad():
+            return module(*[torch.stack(col) for col in zip(*w)], **options)[-1]
+
+    seq = []
+    for i, row in enumerate(rows[:5]):
+        seq.append(row)
+        assert torch.allclose(stepper.step(*row), full(seq), atol=1e-5), i
+    stepper.truncate(2)
+    seq = seq[:2]
+    for row in other + rows[5:]:  # 2 + 3 + 5 = 10 rows: past max_len = 6
+        seq.append(row)
+        assert torch.allclose(stepper.step(*row), full(seq), atol=1e-5), len(seq)
+    stepper.truncate(3)
+    seq = seq[:3]
+    seq.append(rows[0])
+    assert len(stepper) == 3 and torch.allclose(stepper.step(*rows[0]), full(seq), atol=1e-5)
+    stepper.truncate(1)  # several rows in one pass (the engine's refeed of verified rows)
+    seq = seq[:1]
+    many = stepper.step_many(*[torch.stack(col) for col in zip(*rows[1:4])])
+    for j, row in enumerate(rows[1:4]):
+        seq.append(row)
+        assert torch.allclose(many[j], full(seq), atol=1e-5), j

@@ -19,7 +19,8 @@ Calling conventions (what :mod:`sdlib.decoding.drafters` relies on):
   the row it predicts. ``TargetHeadDrafter`` calls ``head(f, e)[-1]``.
 - Next-position *adapters* (``shift = 1``: :class:`EagleAdapter`, :class:`FusionAdapter`) read drafter rows (and
   target rows, token embeddings) ``<= t`` and predict the target's row ``t + 1``; compare them with shifted targets
-  (output row ``t`` against ``f[t + 1]``). ``FeatureDrafter`` assumes ``shift = 0``: they need a drafter of their own.
+  (output row ``t`` against ``f[t + 1]``). ``FeatureDrafter`` drives :class:`EagleAdapter` too (from the answer's
+  second token on); :class:`FusionAdapter` reads the target's rows, so no cross-modal drafter can run it.
 - ``context``: the window ``W`` the engine should pass (1: position-wise; the attention modules: ``max_len``).
 - Batches: every forward also takes ``[B, W, ...]`` inputs with ``mask [B, W]`` (bool, True = a real row; None: all
   real). Padding must be at the end of each sequence (checked). Attention is causal, so padding at the end cannot
@@ -44,8 +45,9 @@ drafts come left to right); L5F no longer fuses the same-position target state i
 ``t + 1`` from rows ``<= t``); each output row has one target row (``shift`` says which), where the original
 pulled one output toward both ``f_t`` and ``f_{t+1}``.
 
-:class:`Eagle3Head` reads several target layers per row (``[W, n_layers, Ht]``), so ``TargetHeadDrafter``, which
-keeps last-layer features only, cannot drive it as is; its :meth:`~Eagle3Head.rollout` is the multi-step evaluation.
+:class:`Eagle3Head` reads several target layers per row (``[W, n_layers, Ht]``): ``TargetHeadDrafter(...,
+target_layers=...)`` requests them from the target's session; its :meth:`~Eagle3Head.rollout` is the multi-step
+evaluation.
 Checkpoints: :func:`save_module` / :func:`load_module` (safetensors; each module records its constructor arguments
 in ``config``, plain ints, floats and bools).
 """
@@ -203,19 +205,34 @@ class _Attention(nn.Module):
         nn.init.zeros_(self.in_proj.bias)
         nn.init.zeros_(self.out_proj.bias)
 
+    def _split(self, t: torch.Tensor) -> torch.Tensor:  # [B, L, H] -> [B, heads, L, H / heads]
+        b, n, h = t.shape
+        return t.view(b, n, self.heads, h // self.heads).transpose(1, 2)
+
+    def _merge(self, t: torch.Tensor) -> torch.Tensor:  # [B, heads, L, H / heads] -> out_proj([B, L, H])
+        b, _, n, d = t.shape
+        return self.out_proj(t.transpose(1, 2).reshape(b, n, self.heads * d))
+
     def forward(self, x: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        b, q_len, h = x.shape  # x [B, Q, H] queries, memory [B, K, H] keys/values (both normed)
+        h = x.shape[-1]  # x [B, Q, H] queries, memory [B, K, H] keys/values (both normed)
         wq, wkv = self.in_proj.weight.split([h, 2 * h])
         bq, bkv = self.in_proj.bias.split([h, 2 * h])
         q = F.linear(x, wq, bq)
         k, v = F.linear(memory, wkv, bkv).chunk(2, dim=-1)
-
-        def split(t: torch.Tensor) -> torch.Tensor:  # [B, L, H] -> [B, heads, L, H / heads]
-            return t.view(b, t.shape[1], self.heads, h // self.heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=allowed,
+        out = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v), attn_mask=allowed,
                                              dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(b, q_len, h))
+        return self._merge(out)
+
+    def step(self, x: torch.Tensor, cache: list[torch.Tensor]) -> torch.Tensor:
+        """New rows ``x [B, M, H]`` (normed) attending causally to each other and to the rows whose keys/values
+        ``cache`` holds (``[k, v]``, each ``[B, heads, K, H / heads]``, or empty); appends theirs to ``cache``."""
+        q, k, v = (self._split(t) for t in self.in_proj(x).chunk(3, dim=-1))
+        if cache:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        cache[:] = [k, v]
+        m, n = q.shape[2], k.shape[2]
+        allowed = None if m == 1 else torch.ones(m, n, dtype=torch.bool, device=x.device).tril(n - m)
+        return self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed))
 
 
 class _Block(nn.Module):
@@ -234,6 +251,11 @@ class _Block(nn.Module):
         h = self.attn_norm(x)
         memory = h if past is None else torch.cat([self.attn_norm(past), h], dim=1)
         x = x + self.attn(h, memory, allowed)
+        return x + self.ffn(self.ffn_norm(x))
+
+    def step(self, x: torch.Tensor, cache: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`forward` for new rows ``[B, M, H]`` after the rows whose keys/values ``cache`` holds."""
+        x = x + self.attn.step(self.attn_norm(x), cache)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -268,10 +290,11 @@ class _Positions(nn.Module):
         self.weight = nn.Parameter(torch.empty(max_len, hidden))
         nn.init.trunc_normal_(self.weight, std=0.02)
 
-    def forward(self, x: torch.Tensor, owner: str) -> torch.Tensor:  # [B, W, H] + positions 0..W-1
-        if x.shape[1] > self.max_len:
-            raise ValueError(f"{owner}: a window of {x.shape[1]} rows; expected at most max_len={self.max_len}")
-        return x + self.weight[: x.shape[1]]
+    def forward(self, x: torch.Tensor, owner: str, offset: int = 0) -> torch.Tensor:  # + positions offset..
+        if offset + x.shape[1] > self.max_len:
+            raise ValueError(f"{owner}: a window of {offset + x.shape[1]} rows; expected at most "
+                             f"max_len={self.max_len}")
+        return x + self.weight[offset: offset + x.shape[1]]
 
 
 def _attention_sizes(hidden: int, heads: int, ffn: int | None, n_blocks: int, max_len: int) -> dict[str, int]:
@@ -380,11 +403,19 @@ class AttentionAdapter(nn.Module):
     def forward(self, d: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:  # [(B,) W, Hd] -> Ht
         owner = type(self).__name__
         unbatched, mask, (x,) = _batch(owner, mask, ("drafter states", d, (self.config["drafter_hidden"],)))
+        x, x_in = self._enter(x)
+        return _finish(self._leave(self.trunk(x), x_in), mask, unbatched)
+
+    def _enter(self, x: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched rows (window rows ``offset..``) -> (the trunk's input, what :meth:`_leave` needs)."""
         x_in = self.in_proj(x) if self.in_proj is not None else x  # [B, W, Ht]
-        if self.pos is None and x_in.shape[1] > self.context:
-            raise ValueError(f"{owner}: a window of {x_in.shape[1]} rows; expected at most max_len={self.context}")
-        out = self.trunk(self.pos(x_in, owner) if self.pos is not None else x_in)
-        return _finish(x_in + self.alpha * (out - x_in), mask, unbatched)
+        if self.pos is None and offset + x_in.shape[1] > self.context:
+            raise ValueError(f"{type(self).__name__}: a window of {offset + x_in.shape[1]} rows; expected at most "
+                             f"max_len={self.context}")
+        return (self.pos(x_in, type(self).__name__, offset) if self.pos is not None else x_in), x_in
+
+    def _leave(self, out: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        return x_in + self.alpha * (out - x_in)
 
 
 # -- next-position modules (shift 1) -----------------------------------------------------------------------------------
@@ -423,10 +454,17 @@ class EagleAdapter(nn.Module):
                              f"{'missing' if embeds is None else 'given'}; pass them exactly when use_token_embed")
         unbatched, mask, (x, e) = _batch(owner, mask, ("drafter states", d, (self.config["drafter_hidden"],)),
                                          ("embeds", embeds, (self.config["embed_hidden"],)))
+        x, x_in = self._enter(x, e)
+        return _finish(self._leave(self.trunk(x), x_in), mask, unbatched)
+
+    def _enter(self, x: torch.Tensor, e: torch.Tensor | None = None,
+               offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         x_in = self.in_proj(x) if self.in_proj is not None else x  # [B, W, Ht]
         x = self.input_norm(self.token_fc(torch.cat([x_in, e], dim=-1)) if e is not None else x_in)
-        out = self.trunk(self.pos(x, owner))
-        return _finish(x_in + self.alpha * (out - x_in), mask, unbatched)
+        return self.pos(x, type(self).__name__, offset), x_in
+
+    def _leave(self, out: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        return x_in + self.alpha * (out - x_in)
 
 
 class TargetHead(nn.Module):
@@ -450,8 +488,14 @@ class TargetHead(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:  # [(B,) W, H] x2 -> [(B,) W, H]
         owner, h = type(self).__name__, self.config["hidden"]
         unbatched, mask, (f, e) = _batch(owner, mask, ("features", features, (h,)), ("embeds", embeds, (h,)))
-        x = self.pos(self.fc(torch.cat([f, e], dim=-1)), owner)  # [B, W, H]
+        x, _ = self._enter(f, e)
         return _finish(self.trunk(x), mask, unbatched)
+
+    def _enter(self, f: torch.Tensor, e: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, None]:
+        return self.pos(self.fc(torch.cat([f, e], dim=-1)), type(self).__name__, offset), None  # [B, W, H]
+
+    def _leave(self, out: torch.Tensor, ctx: None) -> torch.Tensor:
+        return out
 
 
 class FusionAdapter(nn.Module):
@@ -484,12 +528,17 @@ class FusionAdapter(nn.Module):
         owner = type(self).__name__
         unbatched, mask, (x, f) = _batch(owner, mask, ("drafter states", d, (self.config["drafter_hidden"],)),
                                          ("features", features, (self.config["target_hidden"],)))
+        x, f = self._enter(x, f)
+        return _finish(self._leave(self.trunk(x), f), mask, unbatched)
+
+    def _enter(self, x: torch.Tensor, f: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.in_proj(x) if self.in_proj is not None else x  # [B, W, Ht]
         c = torch.cat([a, f], dim=-1)  # [B, W, 2 Ht]
         g = torch.sigmoid(self.gate(c))
-        x = self.pos(self.input_norm(g * a + (1 - g) * f + self.fuse(c)), owner)
-        out = self.trunk(x)
-        return _finish(f + self.alpha * (out - f), mask, unbatched)
+        return self.pos(self.input_norm(g * a + (1 - g) * f + self.fuse(c)), type(self).__name__, offset), f
+
+    def _leave(self, out: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return f + self.alpha * (out - f)
 
 
 class Eagle3Head(nn.Module):
@@ -534,8 +583,16 @@ class Eagle3Head(nn.Module):
             layers = torch.stack([norm(layers[..., i, :]) for i, norm in enumerate(self.layer_norms)], dim=-2)
         return self.fc(layers.flatten(-2))
 
-    def _inputs(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:  # [B, W, H] x2 -> the trunk's input
-        return self.pos(self.in_fc(torch.cat([self.hidden_norm(h), self.embed_norm(e)], dim=-1)), "Eagle3Head")
+    def _inputs(self, h: torch.Tensor, e: torch.Tensor, offset: int = 0) -> torch.Tensor:  # -> the trunk's input
+        return self.pos(self.in_fc(torch.cat([self.hidden_norm(h), self.embed_norm(e)], dim=-1)), "Eagle3Head",
+                        offset)
+
+    def _enter(self, f: torch.Tensor, e: torch.Tensor, offset: int = 0, fused: bool = False) -> tuple[torch.Tensor,
+                                                                                                       None]:
+        return self._inputs(f if fused else self.fuse(f), e, offset), None
+
+    def _leave(self, out: torch.Tensor, ctx: None) -> torch.Tensor:
+        return out
 
     def forward(self, features: torch.Tensor, embeds: torch.Tensor, fused: bool = False, *,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -544,9 +601,8 @@ class Eagle3Head(nn.Module):
         h = self.config["hidden"]
         row = (h,) if fused else (self.layers_needed, h)
         unbatched, mask, (f, e) = _batch("Eagle3Head", mask, ("features", features, row), ("embeds", embeds, (h,)))
-        if not fused:
-            f = self.fuse(f)
-        return _finish(self.trunk(self._inputs(f, e)), mask, unbatched)
+        x, _ = self._enter(f, e, fused=fused)
+        return _finish(self.trunk(x), mask, unbatched)
 
     def rollout(self, layers: torch.Tensor, tokens_embeds: torch.Tensor, steps: int, *,
                 mask: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -589,6 +645,77 @@ class Eagle3Head(nn.Module):
             results.append(_finish(step, valid, unbatched))
             feats = torch.cat([raw.new_zeros(b, 1, h), raw[:, :-1]], dim=1)  # step s + 1 reads, at row p, raw[p - 1]
         return results
+
+
+# -- row-by-row evaluation for the engine -------------------------------------------------------------------------------
+class Stepper:
+    """A module of this zoo evaluated one row at a time, as the engine drafts: :meth:`step` takes the next row's
+    inputs (each ``[row shape]``, unbatched, in the module's calling order) and returns the module's output row for
+    it, equal (to float rounding) to ``module(all rows so far)[-1]``; :meth:`truncate` forgets rows after the first
+    ``n`` (a rejected draft).
+
+    The attention modules keep each block's keys and values, so a step costs one row's work plus attention over the
+    cached rows, instead of the whole window again. Past ``context`` rows the engine's window slides and every row's
+    position changes: the window of the last ``context`` rows is then recomputed each step. Position-wise modules
+    (``context == 1``) just map the new row. ``options``: keyword arguments of every call (``fused=True``)."""
+
+    def __init__(self, module: nn.Module, **options: Any) -> None:
+        self.module = module.eval()
+        self.options = options
+        self.context = int(getattr(module, "context", 1))
+        self.incremental = hasattr(module, "_enter") and hasattr(module, "trunk")
+        self.dtype = next(module.parameters()).dtype
+        self.rows: list[tuple[torch.Tensor, ...]] = []
+        self._caches: list[list[torch.Tensor]] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def truncate(self, n: int) -> None:
+        del self.rows[n:]
+        for cache in self._caches:
+            if cache and cache[0].shape[2] > n:
+                cache[:] = [t[:, :, :n] for t in cache]
+
+    @torch.no_grad()
+    def step(self, *row: torch.Tensor | None) -> torch.Tensor:
+        return self.step_many(*[None if r is None else r[None] for r in row])[-1]
+
+    @torch.no_grad()
+    def step_many(self, *rows: torch.Tensor | None) -> torch.Tensor:
+        """Several new rows at once (each input ``[M, row shape]``), in one pass: their outputs ``[M, H]``."""
+        rows = tuple(None if r is None else r.to(self.dtype) for r in rows)
+        new = len(next(r for r in rows if r is not None))
+        old = len(self.rows)
+        self.rows.extend(zip(*[[None] * new if r is None else list(r) for r in rows]))
+        m, n = self.module, len(self.rows)
+
+        if not self.incremental or self.context == 1:
+            if self.context == 1:
+                return m(*rows, **self.options)
+            return torch.stack([self._full(i) for i in range(old, n)])
+        if n > self.context:  # the window slides: recompute it for each new row past max_len
+            self._caches = []
+            return torch.stack([self._full(i) for i in range(old, n)])
+        if len(self._caches) != len(m.trunk.blocks) or any((c[0].shape[2] if c else 0) != old for c in self._caches):
+            self._rebuild(old)
+        x, ctx = m._enter(*[None if r is None else r[None] for r in rows], offset=old, **self.options)
+        for block, cache in zip(m.trunk.blocks, self._caches):
+            x = block.step(x, cache)
+        return m._leave(m.trunk.out(m.trunk.out_norm(x)), ctx)[0]
+
+    def _full(self, i: int) -> torch.Tensor:
+        """Row ``i``'s output from the whole window ending at it."""
+        w = self.rows[max(0, i + 1 - self.context): i + 1]
+        return self.module(*[None if c[0] is None else torch.stack(c) for c in zip(*w)], **self.options)[-1]
+
+    def _rebuild(self, n: int) -> None:
+        """Caches for the first ``n`` rows, from scratch (after the window slid back under ``context``)."""
+        self._caches = [[] for _ in self.module.trunk.blocks]
+        saved, self.rows = self.rows, []
+        if n:
+            self.step_many(*[None if c[0] is None else torch.stack(c) for c in zip(*saved[:n])])
+        self.rows = saved
 
 
 # -- checkpoints: safetensors with a type tag --------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Protocol
 
 import torch
 
+from sdlib.align.heads import Stepper
 from sdlib.decoding.processors import GREEDY, Sampling, probabilities, sample
 from sdlib.models.interface import DecodingModel, ModelInputs, Session
 from sdlib.models.pairing import UNMAPPED, TokenizerPairing
@@ -320,18 +321,38 @@ class FeatureDrafter(_ModelDrafter):
     through the target's own output layer. After a rejection the accepted tokens are teacher-forced into the drafter
     (in its own ids) and drafting continues from the accepted prefix.
 
-    ``adapter`` follows :mod:`sdlib.align.heads` (a causal window of ``adapter.context`` drafter states)."""
+    ``adapter`` follows :mod:`sdlib.align.heads`: a causal window of ``adapter.context`` drafter rows. A same-position
+    adapter (``shift = 0``) maps rows ``<= t`` to the target's row ``t``, whose LM-head row drafts token ``t``. A
+    next-position adapter (``shift = 1``, :class:`~sdlib.align.heads.EagleAdapter`) maps rows ``<= t - 1`` and the
+    target embeddings (``target_embed``) of tokens ``<= t - 1`` to the target's row ``t``: it cannot draft the
+    answer's first token, so it starts once that token is known (no prefill-window drafts). Adapters that read the
+    target's own rows (``FusionAdapter``) are not cross-modal drafters and are refused."""
 
     def __init__(self, model: DecodingModel, adapter: torch.nn.Module, target_lm_head: torch.nn.Module,
-                 pairing: TokenizerPairing | None = None, **options: Any) -> None:
+                 pairing: TokenizerPairing | None = None, target_embed: torch.nn.Module | None = None,
+                 **options: Any) -> None:
         super().__init__(model, target_lm_head.out_features, pairing, **options)
         self.adapter = adapter.eval()
         self.lm_head = target_lm_head
         self.context = int(getattr(adapter, "context", 1))
+        self.shift = int(getattr(adapter, "shift", 0))
+        name = type(adapter).__name__
+        if name == "FusionAdapter":
+            raise ValueError("FeatureDrafter: FusionAdapter reads the target's own rows; it cannot draft from the "
+                             "drafter's sensor alone")
+        if self.shift not in (0, 1):
+            raise ValueError(f"FeatureDrafter: {name}.shift = {self.shift}; expected 0 or 1")
+        self.uses_embeds = self.shift == 1 and getattr(adapter, "token_fc", None) is not None
+        if self.uses_embeds and target_embed is None:
+            raise ValueError(f"FeatureDrafter: {name} reads token embeddings; pass target_embed (the target's "
+                             "embed_tokens)")
+        self.embed = target_embed
         self._hidden: list[torch.Tensor] = []  # [H_drafter] per fed position, the prompt's last first
+        self._step = Stepper(self.adapter)  # the adapter row by row (cached keys/values)
 
     def _started(self, session: Session) -> None:
         self._hidden = [session.prompt_hidden[-1]]
+        self._step.truncate(0)
 
     def _fed(self, out) -> None:
         self._hidden.extend(out.hidden)
@@ -339,15 +360,25 @@ class FeatureDrafter(_ModelDrafter):
     def _rewind(self, keep: int) -> None:
         super()._rewind(keep)
         del self._hidden[keep + 1:]
+        self._step.truncate(keep + 1 - self.shift)  # rows (and, shift 1, their tokens) before the cut stay valid
 
     def _logits(self) -> torch.Tensor | None:
-        window = torch.stack(self._hidden[-self.context:])  # [W, H_drafter]
-        mapped = self.adapter(window.to(self._param_dtype(self.adapter)))[-1]
+        # shift 0: rows 0..t map to the target's row t; shift 1: rows and tokens 0..t-1 predict the target's row t
+        # (the drafter's last row is not read yet)
+        n = len(self._hidden) - self.shift
+        if n < 1:
+            return None
+        mapped = None
+        for j in range(len(self._step), n):
+            if self.uses_embeds:
+                token = torch.tensor([self.text[j]], device=self.embed.weight.device)
+                mapped = self._step.step(self._hidden[j], self.embed(token)[0])
+            else:
+                mapped = self._step.step(self._hidden[j])
+        if mapped is None:  # nothing new since the last call: the same row again
+            last = self._step.rows.pop()
+            mapped = self._step.step(*last)
         return self.lm_head(mapped.to(self.lm_head.weight.dtype)).float()
-
-    @staticmethod
-    def _param_dtype(module: torch.nn.Module) -> torch.dtype:
-        return next(module.parameters()).dtype
 
 
 class TargetHeadDrafter(ChainDrafter):
@@ -356,44 +387,76 @@ class TargetHeadDrafter(ChainDrafter):
     From the target's feature ``f`` at the position before token ``x`` and ``x``'s embedding the head predicts the
     feature at ``x``'s position, whose LM-head row drafts the token after ``x``; further drafts feed the head its own
     predictions. Whenever the target verified tokens, their true features (``feedback``'s ``hidden``) replace the
-    predictions. Needs no inputs of its own: it can draft only once the target's first token is known."""
+    predictions. Needs no inputs of its own: it can draft only once the target's first token is known.
+
+    An :class:`~sdlib.align.heads.Eagle3Head` reads several target layers per row: ``target_layers`` (the layer
+    numbers of :mod:`sdlib.models.interface`, in the order the head was trained on) are then requested from the
+    target's session, ``feedback``'s ``hidden`` is ``[n, len(target_layers), H]``, true rows are fused by the head
+    and its own outputs are fed back in the fused space (EAGLE-3's drafting)."""
 
     wants_target_hidden = True
 
     def __init__(self, head: torch.nn.Module, target_lm_head: torch.nn.Module, target_embed: torch.nn.Module,
-                 **options: Any) -> None:
+                 target_layers: Iterable[int] = (), **options: Any) -> None:
         super().__init__(target_lm_head.out_features, **options)
         self.head = head.eval()
         self.lm_head = target_lm_head
         self.embed = target_embed
         self.context = int(getattr(head, "context", 1))
         self._dtype = next(head.parameters()).dtype
+        self.target_layers = tuple(int(i) for i in target_layers)
+        needed = int(getattr(head, "layers_needed", 0))
+        if needed and len(self.target_layers) != needed:
+            raise ValueError(f"TargetHeadDrafter: {type(head).__name__} reads {needed} target layers; "
+                             f"target_layers={list(self.target_layers)}")
+        if not needed and self.target_layers:
+            raise ValueError(f"TargetHeadDrafter: {type(head).__name__} reads the last layer only; "
+                             "target_layers must be empty")
+        self.fused = bool(needed)
+        self._step = Stepper(self.head, **({"fused": True} if self.fused else {}))
 
     def _start(self, inputs: ModelInputs | None) -> None:
         self._true: dict[int, torch.Tensor] = {}  # text position -> the target's feature before it
         self._inp: list[torch.Tensor] = []  # per fed position: the feature fed with its token
+        self._predicted: list[bool] = []  # per fed position: its feature was the head's own prediction
         self._out: list[torch.Tensor] = []  # per fed position: the head's predicted feature there
+        self._step.truncate(0)
 
     def _observe(self, start: int, hidden: torch.Tensor) -> None:
+        if self.fused:
+            if hidden.dim() != 3 or hidden.shape[1] != len(self.target_layers):
+                raise ValueError(f"TargetHeadDrafter: hidden of shape {list(hidden.shape)}; expected [n, "
+                                 f"{len(self.target_layers)}, H] (the layers {list(self.target_layers)})")
+            hidden = self.head.fuse(hidden.to(self._dtype))
         for j, row in enumerate(hidden):
             self._true[start + j] = row.float()
+        # rows fed with the head's own prediction where the target's true feature is now known are fed again
+        stale = [i for i in range(start, start + len(hidden)) if i < len(self._inp) and self._predicted[i]]
+        if stale:
+            self._cut(stale[0])
+            self.fed = min(self.fed, stale[0])
 
     def _feed(self, tokens: list[int]) -> None:
         embeds = self.embed(torch.tensor(tokens, device=self.embed.weight.device)).float()
-        for token_embed in embeds:
-            i = len(self._inp)
-            prev = self._true.get(i)
-            if prev is None:
-                if not self._out:
-                    raise RuntimeError("TargetHeadDrafter: no target feature before the first token; the loop must "
-                                       "pass feedback's hidden")
-                prev = self._out[-1]
+        start = len(self._inp)
+        known = 0  # the leading tokens whose feature before them is the target's: one pass for all of them
+        while known < len(tokens) and start + known in self._true:
+            known += 1
+        if known:
+            feats = [self._true[start + j] for j in range(known)]
+            self._inp.extend(feats)
+            self._predicted.extend([False] * known)
+            self._embeds.extend(embeds[:known])
+            self._out.extend(self._step.step_many(torch.stack(feats), embeds[:known]).float())
+        for token_embed in embeds[known:]:
+            if not self._out:
+                raise RuntimeError("TargetHeadDrafter: no target feature before the first token; the loop must "
+                                   "pass feedback's hidden")
+            prev = self._out[-1]  # the head's own prediction of the feature before this token
+            self._predicted.append(True)
             self._inp.append(prev)
             self._embeds.append(token_embed)
-            w = slice(max(0, i + 1 - self.context), i + 1)
-            f = torch.stack(self._inp[w]).to(self._dtype)
-            e = torch.stack(self._embeds[w]).to(self._dtype)
-            self._out.append(self.head(f, e)[-1].float())
+            self._out.append(self._step.step(prev, token_embed).float())
 
     def begin(self, inputs: ModelInputs | None, sampling: Sampling = GREEDY,
               generator: torch.Generator | None = None) -> None:
@@ -405,8 +468,12 @@ class TargetHeadDrafter(ChainDrafter):
             return None
         return self.lm_head(self._out[-1].to(self.lm_head.weight.dtype)).float()
 
+    def _cut(self, keep: int) -> None:
+        del self._inp[keep:], self._out[keep:], self._embeds[keep:], self._predicted[keep:]
+        self._step.truncate(keep)
+
     def _rewind(self, keep: int) -> None:
-        del self._inp[keep:], self._out[keep:], self._embeds[keep:]
+        self._cut(keep)
         for i in [i for i in self._true if i < keep - self.context]:
             del self._true[i]
 
@@ -464,6 +531,7 @@ class TwoPhaseDrafter:
     def __init__(self, first: Any, then: Any) -> None:
         self.first, self.then = first, then
         self.wants_target_hidden = bool(getattr(then, "wants_target_hidden", False))
+        self.target_layers = tuple(getattr(then, "target_layers", ()))
         self.concurrent = bool(getattr(first, "concurrent", False))
         self.target_vocab = then.target_vocab
 

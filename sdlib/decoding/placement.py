@@ -201,4 +201,5 @@ class PairDrafter:
         drafting = drafter if self.model == "drafter" else target
         if self.kind == "token":
             return TokenDrafter(drafting, target.lm_head.out_features, **self.options)
-        return FeatureDrafter(drafting, load_module(self.adapter), target.lm_head, **self.options)
+        return FeatureDrafter(drafting, load_module(self.adapter), target.lm_head, target_embed=target.embed_tokens,
+                              **self.options)

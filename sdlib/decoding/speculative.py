@@ -139,6 +139,13 @@ def speculative_decode(
         raise ValueError("modelled=True is the sequential timing model; the drafter given runs concurrently")
     placement = "two_devices" if concurrent else ("modelled" if modelled else "shared_device")
     wants_hidden = bool(getattr(drafter, "wants_target_hidden", False))
+    layers = tuple(getattr(drafter, "target_layers", ())) if wants_hidden else ()
+
+    def target_rows(scored, n=None):  # the states the drafter reads: last layer [n, H], or its layers [n, L, H]
+        if not layers:
+            return scored.hidden[:n]
+        return torch.stack([scored.layers[i][:n] for i in layers], dim=1)
+
     device = target.device
     eos = target.eos_token_id
     calls: list[Call] = []
@@ -155,7 +162,7 @@ def speculative_decode(
         drafter_start_ms = (time.perf_counter() - t0) * 1e3
         begun = True
     t_prefill = time.perf_counter()
-    session = target.start(target_inputs)
+    session = target.start(target_inputs, layers=layers)
     pending = choose(session.prompt_logits, sampling, generator)
     sync_device(device)
     t_prefill_end = time.perf_counter()
@@ -168,7 +175,10 @@ def speculative_decode(
     if hasattr(drafter, "prefill_done"):
         drafter.prefill_done(t_prefill_end)
     tokens = [pending]
-    drafter.feedback([], pending, session.prompt_hidden[-1:] if wants_hidden else None)
+    if wants_hidden:
+        first = (session.prompt_hidden[-1:] if not layers else
+                 torch.stack([session.prompt_layers[i][-1:] for i in layers], dim=1))
+    drafter.feedback([], pending, first if wants_hidden else None)
     stats = AcceptanceStats()
     round_ms: list[float] = []
 
@@ -204,7 +214,7 @@ def speculative_decode(
         stats.add(verdict.accepted, len(drafts))
         pending = verdict.tokens[-1]
         if not finished():
-            hidden = scored.hidden[: verdict.accepted + 1] if wants_hidden else None
+            hidden = target_rows(scored, verdict.accepted + 1) if wants_hidden else None
             drafter.feedback(verdict.tokens[:-1], pending, hidden)
         round_ms.append((time.perf_counter() - t_round) * 1e3)
     total_ms = (time.perf_counter() - t0) * 1e3
