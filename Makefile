@@ -47,7 +47,7 @@ html: venv mathjax
 	$(PY) -m sdlib build-html
 
 run: venv
-	@test -n "$(STAGE)" || { echo "usage: make run STAGE=NN_name PROFILE=smoke|default|real"; exit 2; }
+	@test -n "$(STAGE)" || { echo "usage: make run STAGE=NN_name PROFILE=smoke|default|full|real"; exit 2; }
 	$(PY) -m sdlib run $(STAGE) --profile $(PROFILE)
 
 # JupyterLab on the repository, kernels not headless (sdlib.runner.lab_command). LAB_ARGS go to `jupyter lab`, e.g.

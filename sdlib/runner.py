@@ -41,7 +41,7 @@ import yaml
 from sdlib import paths
 from sdlib.core import HEADLESS_ENV, pending_metrics_path
 
-PROFILES = ("smoke", "default", "real")
+PROFILES = ("smoke", "default", "full", "real")
 WIDGET_MIMES = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
 
 CELL_TIMEOUT_ENV = "SDLIB_CELL_TIMEOUT"
@@ -159,7 +159,9 @@ def resolve_parameters(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (overrides to inject, effective parameters) for a run, validated against the notebook.
 
-    The smoke profile is the notebook's own defaults, so its YAML file may be absent; other profiles need one.
+    The smoke profile is the notebook's own defaults, so its YAML file may be absent; ``full`` (the default profile
+    at full size: every test prompt) falls back to a stage's default file where it has no ``full`` file of its own;
+    other profiles need one.
     """
     if profile not in PROFILES:
         raise UsageError(f"unknown profile '{profile}'; profiles: {', '.join(PROFILES)}")
@@ -168,6 +170,8 @@ def resolve_parameters(
     inject: dict[str, Any] = {}
 
     pf = params_file(stage, profile, params_dir)
+    if profile == "full" and not pf.is_file():
+        pf = params_file(stage, "default", params_dir)
     if pf.is_file():
         loaded = yaml.safe_load(pf.read_text()) or {}
         if not isinstance(loaded, dict):
@@ -609,7 +613,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run one stage notebook with papermill")
     run.add_argument("stage", help="stage name, e.g. 07_theory")
-    run.add_argument("--profile", default="smoke", help="smoke | default | real (params/<stage>.<profile>.yaml)")
+    run.add_argument("--profile", default="smoke", help="smoke | default | full | real (params/<stage>.<profile>.yaml; full: default at full size)")
     run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override one parameter (value parsed as YAML)")
     run.add_argument("--output-dir", type=Path, default=None, help="where the executed notebook goes (default book/stages)")

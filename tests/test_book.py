@@ -228,6 +228,39 @@ def test_models_stage_values(smoke_book):
         assert sum(stats["histogram"]) == stats["rounds"] and len(stats["histogram"]) == int(k) + 1
 
 
+def test_benchmark_stage_schema_and_losslessness(smoke_book):
+    """Stage 06 on the smoke profile: every config of the issue is in the result file with the keys readers rely on,
+    every speculative output equals the target's own (mismatches == 0, counted from the per-sample records), and the
+    three numbers are there for every config our engine ran."""
+    src, records = smoke_book
+    m = records["06_benchmark_e2e"]["metrics"]
+    keys = {"speedup_ratio_of_means", "speedup_mean_of_ratios", "speedup_predicted", "speedup_4090_projected",
+            "mean_accept_len", "acceptance_rate", "mismatches", "n_samples", "placement"}
+    wanted = {"target_ar", "hf_assisted", "hf_prompt_lookup", "seed_protocol", "crossmodal_multiround",
+              "crossmodal_pipelined", "target_head", "target_head_eagle3", "two_phase", "two_phase_shared",
+              "token_drafter", "two_phase_conf", "two_phase_activity", "target_ar_sampled", "target_head_sampled",
+              "two_phase_sampled"}
+    assert wanted <= set(m["configs"])
+    for name, c in m["configs"].items():
+        assert keys <= set(c), name
+        assert c["mismatches"] == 0, name
+        if "error" in c:  # a transformers peer that cannot run on this target is reported, not hidden
+            assert name.startswith("hf_"), name
+            continue
+        assert c["n_samples"] == (m["sampling_prompts"] if name.endswith("_sampled") else m["n_prompts"]), name
+        assert c["speedup_ratio_of_means"] > 0 and c["speedup_mean_of_ratios"] > 0, name
+        if name not in ("hf_assisted",):
+            assert c["speedup_predicted"] > 0 and c["speedup_4090_projected"] > 0, name
+    for name in ("crossmodal_multiround", "crossmodal_pipelined", "two_phase", "token_drafter"):
+        assert m["configs"][name]["placement"] == "two_devices", name
+    assert m["configs"]["seed_protocol"]["placement"] == "modelled"
+    assert m["configs"]["two_phase_shared"]["placement"] == "shared_device"
+    lines = [json.loads(line) for line in Path(m["records"]).read_text().splitlines()]
+    greedy = [r for r in lines if r.get("tokens") is not None]
+    assert len(greedy) >= m["n_prompts"] * 10 and all(r["identical_to_baseline"] for r in greedy)
+    assert m["goals"] and m["headline"]["config"] in m["configs"]
+
+
 def test_every_published_page_exists_states_its_profile_and_is_clean(smoke_book):
     src, records = smoke_book
     for stage in runner.toc_stages():

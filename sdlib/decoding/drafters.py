@@ -521,6 +521,23 @@ class PromptLookupDrafter(ChainDrafter):
         return None
 
 
+class NoDrafter(ChainDrafter):
+    """Drafts nothing: the target decodes on its own. As the second phase of :class:`TwoPhaseDrafter` it gives the
+    original research's protocol (drafts only from the prefill window, then plain decoding)."""
+
+    def _start(self, inputs: ModelInputs | None) -> None:
+        pass
+
+    def _feed(self, tokens: list[int]) -> None:
+        pass
+
+    def _logits(self) -> torch.Tensor | None:
+        return None
+
+    def _rewind(self, keep: int) -> None:
+        pass
+
+
 class TwoPhaseDrafter:
     """Cross-modal drafts produced in the target's prefill window, then ``then`` (a target head or token drafter).
 

@@ -94,7 +94,8 @@ class SpecResult:
             "modelled_total_ms": self.modelled_total_ms,
             "drafts_ready_at_prefill_end": self.drafts_ready_at_prefill_end,
             "window_tokens_used": self.window_tokens_used, "stopped_at_eos": self.stopped_at_eos,
-            **self.stats.to_dict(),
+            **self.stats.to_dict(), "round_accepted": list(self.stats.accepted),
+            "round_offered": list(self.stats.offered),
             "calls": [(c.model, c.kind, c.tokens, round((c.start - self.t0) * 1e3, 3), round(c.ms, 3))
                       for c in self.calls],
         }
