@@ -95,6 +95,17 @@ def stratified_sample(records: Sequence[dict], n: int | None, seed: int, type_of
 
 def hf_generate(target, inputs, max_new_tokens: int, **kwargs) -> list[int]:
     """transformers' own ``generate`` on the target (greedy), returning the new tokens."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its deprecation notices about generation arguments are not results
+    try:
+        return _hf_generate(target, inputs, max_new_tokens, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _hf_generate(target, inputs, max_new_tokens: int, **kwargs) -> list[int]:
     with torch.no_grad():
         out = target.model.generate(input_ids=inputs.input_ids, pixel_values_videos=inputs.extra["pixel_values_videos"],
                                     do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=target.eos_token_id,
@@ -247,10 +258,12 @@ def projected_4090_ms(rec: dict, costs_4090: dict[str, str]) -> float | None:
         if concurrent and any(s <= at <= e for s, e in busy):
             continue  # drafted while the target ran: hidden behind it
         drafter_ms += DRAFTER_4090_MS[cost_key]
-    if rec.get("placement") == "modelled":  # the original's overlap model: the two prefills overlap
-        start = sum(DRAFTER_4090_MS[costs_4090[k]] for _, k, _ in rec.get("events", [])
-                    if k == "started" and k in costs_4090)
-        drafter_ms -= min(start, c4.P_v)
+    if rec.get("placement") == "modelled":  # the original's overlap model: what the drafter did before the target's
+        # prefill (its start and window drafts) is taken to overlap the prefill, up to the prefill's length
+        first = rec["calls"][0][3]
+        before = sum(DRAFTER_4090_MS[costs_4090[k]] for at, k, _ in rec.get("events", [])
+                     if k in costs_4090 and at <= first)
+        drafter_ms -= min(before, c4.P_v)
     return target_ms + drafter_ms
 
 

@@ -170,3 +170,14 @@ def test_l6_lora_reads_the_stored_rows_and_trains_only_its_own_weights(world, tm
     a = lora.lora_rows(drafter, proj, ex[:2])
     b = lora.lora_rows(fresh, proj2, ex[:2])
     assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b))
+
+
+def test_a_launch_past_its_time_limit_is_killed_with_its_ranks_and_says_how_far_it_got(tmp_path):
+    """The accelerate launcher and its ranks run in their own session; past ``timeout_s`` all are killed and the
+    error names the split, the limit and the complete shards a rerun resumes from."""
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"stopped after 0 s: 0 shard\(s\) were complete in .*a rerun resumes"):
+        extract._launch(tmp_path / "split", ["c0"], tmp_path / "out", CFG, "fp", {"kind": "none"}, 2, timeout_s=0.3)
+    assert time.perf_counter() - t0 < 30

@@ -66,6 +66,13 @@ def test_4090_projection_re_times_the_recorded_calls():
         want_target + bm.DRAFTER_4090_MS["start"] + 3 * bm.DRAFTER_4090_MS["model_forward"]
         + bm.DRAFTER_4090_MS["head_forward"])
     assert bm.projected_4090_ms({"calls": []}, costs) is None
+    # the original's timing model: the drafter's start and window drafts (before the prefill began) overlap the
+    # prefill, up to its length; later drafter forwards add
+    modelled = {"placement": "modelled", "calls": [("target", "prefill", 100, 30.0, 50.0)],
+                "events": [(10.0, "started", 0), (20.0, "feed", 1), (25.0, "feed", 1), (90.0, "feed", 1)]}
+    assert bm.projected_4090_ms(modelled, costs) == pytest.approx(
+        c.P_v + bm.DRAFTER_4090_MS["start"] + 3 * bm.DRAFTER_4090_MS["model_forward"]
+        - min(c.P_v, bm.DRAFTER_4090_MS["start"] + 2 * bm.DRAFTER_4090_MS["model_forward"]))
 
 
 def _records():

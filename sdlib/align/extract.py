@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -318,8 +319,10 @@ def run_extraction(pair: Any, split: str, clips: Sequence[str], out_dir: Path, c
 
 
 def _launch(split_dir: Path, clips: Sequence[str], out_dir: Path, cfg: ExtractConfig, fingerprint: str,
-            source: dict[str, Any], processes: int, threads: int = 1) -> list[dict[str, Any]]:
-    """``accelerate launch`` of :func:`main` over ``processes`` CPU ranks; their JSON reports."""
+            source: dict[str, Any], processes: int, threads: int = 1,
+            timeout_s: float = 6 * 3600) -> list[dict[str, Any]]:
+    """``accelerate launch`` of :func:`main` over ``processes`` CPU ranks; their JSON reports. A launch running past
+    ``timeout_s`` is killed with all its ranks, and the error says how far it got."""
     out_dir.mkdir(parents=True, exist_ok=True)
     job = out_dir / "job.json"
     job.write_text(json.dumps({"split_dir": str(split_dir), "clips": list(clips), "config": cfg.to_dict(),
@@ -329,7 +332,17 @@ def _launch(split_dir: Path, clips: Sequence[str], out_dir: Path, cfg: ExtractCo
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "sdlib.align.extract", "--job", str(job), "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank it started
+        stdout, stderr = proc.communicate()
+        shards = sorted(p.name for p in out_dir.rglob("*.safetensors"))
+        raise RuntimeError(f"extraction of {split_dir} with {processes} processes stopped after {timeout_s:.0f} s: "
+                           f"{len(shards)} shard(s) were complete in {out_dir} (a rerun resumes from them); the "
+                           f"ranks' last output:\n{stderr[-2000:]}") from None
+    proc = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"extraction of {split_dir} with {processes} processes failed (exit {proc.returncode}):\n"
                            f"{proc.stderr[-4000:]}")

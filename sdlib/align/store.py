@@ -562,20 +562,7 @@ class FeatureStore:
         """Check every shard's size and sha256 against the manifest; :class:`CorruptShardError` names the first
         bad file."""
         for i in range(self.n_shards):
-            path, entry = self.shard_path(i), self._manifest["shards"][i]
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                raise CorruptShardError(f"shard {path}: listed in {self.index_path} but missing on disk") from None
-            if size != entry["bytes"]:
-                raise CorruptShardError(f"shard {path}: {size} bytes on disk, the manifest says {entry['bytes']}")
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            if h.hexdigest() != entry["sha256"]:
-                raise CorruptShardError(f"shard {path}: sha256 {h.hexdigest()[:16]}... does not match the manifest's "
-                                        f"{entry['sha256'][:16]}...: the file is corrupt; rebuild the store")
+            read_verified(self.shard_path(i), self._manifest["shards"][i]).close()  # one shard in memory at a time
 
     def _read_shard(self, i: int) -> tuple[list[str], dict[str, torch.Tensor], list[int]]:
         """Shard ``i``: its sample ids, its tensors (``{key: [rows, ...]}``, views of one buffer) and offsets."""

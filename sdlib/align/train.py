@@ -52,19 +52,20 @@ class Task:
     same_weight: float = 0.0
 
 
-TASKS: dict[str, Task] = {
-    "LinearAdapter": Task(("drafter",), 0),
-    "BottleneckAdapter": Task(("drafter",), 0),
-    "StackedBottleneckAdapter": Task(("drafter",), 0),
-    "WideBottleneckAdapter": Task(("drafter",), 0),
-    "AttentionAdapter": Task(("drafter",), 0),
-    "EagleAdapter": Task(("drafter", "embeds"), 1),
-    "FusionAdapter": Task(("drafter", "target"), 1),
-    "LinearHead": Task(("target", "embeds"), 1),
-    "FusionHead": Task(("target", "embeds"), 1),
-    "TargetHead": Task(("target", "embeds"), 1),
-    "Eagle3Head": Task(("target_layers", "embeds"), 1),
-}
+#: What each kind reads; how far ahead it predicts is the class's own ``shift`` (one home for it: the class).
+TASKS: dict[str, Task] = {kind: Task(inputs, heads.KINDS[kind].shift) for kind, inputs in {
+    "LinearAdapter": ("drafter",),
+    "BottleneckAdapter": ("drafter",),
+    "StackedBottleneckAdapter": ("drafter",),
+    "WideBottleneckAdapter": ("drafter",),
+    "AttentionAdapter": ("drafter",),
+    "EagleAdapter": ("drafter", "embeds"),
+    "FusionAdapter": ("drafter", "target"),
+    "LinearHead": ("target", "embeds"),
+    "FusionHead": ("target", "embeds"),
+    "TargetHead": ("target", "embeds"),
+    "Eagle3Head": ("target_layers", "embeds"),
+}.items()}
 
 
 def task_of(module: torch.nn.Module) -> Task:
@@ -208,7 +209,7 @@ def validate(module: torch.nn.Module, store: FeatureStore, target_head: FrozenTa
     for batch in batches(store, cfg.batch_size, keys, shuffle=False, seed=0, sample_ids=sample_ids):
         preds = forward(module, batch, target_head, steps)
         loss, st = objective(preds, batch, task, target_head, cfg)
-        _, first = losses(preds[:1], batch, shift, target_head, cfg)
+        first = st if len(preds) == 1 else losses(preds[:1], batch, shift, target_head, cfg)[1]  # step 0's alone
         loss_sum += float(loss) * st["rows"]
         rows += st["rows"]
         for k in agg:
