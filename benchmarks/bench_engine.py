@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sdlib import paths
+from sdlib.benchmark import hf_generate
 from sdlib.align.linear import fit_adapter, fit_head, paired_states
 from sdlib.data.layout import load_clip
 from sdlib.decoding.acceptance import CONVENTION, AcceptanceStats
@@ -41,14 +41,6 @@ from sdlib.decoding.length import ActivityLength, event_activity
 from sdlib.decoding.placement import PairDrafter, ProcessDrafter, split_cores
 from sdlib.decoding.speculative import speculative_decode
 from sdlib.models import costs, quality, scale
-
-
-def hf_generate(target, inputs, max_new: int, **kwargs) -> list[int]:
-    with torch.no_grad():
-        out = target.model.generate(input_ids=inputs.input_ids, pixel_values_videos=inputs.extra["pixel_values_videos"],
-                                    do_sample=False, max_new_tokens=max_new, eos_token_id=target.eos_token_id,
-                                    pad_token_id=target.tokenizer.pad_token_id, **kwargs)
-    return out[0, inputs.input_ids.shape[1]:].tolist()
 
 
 def split_requests(split_dir: Path, drafter, target, sizes, n: int):

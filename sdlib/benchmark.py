@@ -273,7 +273,6 @@ def summarize(records: Sequence[dict], configs: Sequence[Config]) -> dict[str, d
     ``n_samples``, ``placement``) and the rest of the study (interval, decode-only speedup, tau, r_i, a_i, ...)."""
     by = {c.name: [r for r in records if r["config"] == c.name] for c in configs}
     ar = by["target_ar"]
-    ar_greedy = list(ar)
     out: dict[str, dict[str, Any]] = {}
     for cfg in configs:
         recs = by[cfg.name]
@@ -286,7 +285,7 @@ def summarize(records: Sequence[dict], configs: Sequence[Config]) -> dict[str, d
             row.update(error=errors[0])
             out[cfg.name] = row
             continue
-        ref = ar_greedy if cfg.sampling.greedy else [r for r in by.get("target_ar_sampled", ar)]
+        ref = ar if cfg.sampling.greedy else by.get("target_ar_sampled", ar)
         ref_by = {r["prompt_id"]: r for r in ref}
         b = np.asarray([ref_by[r["prompt_id"]]["total_ms"] for r in recs], float)
         t = np.asarray([r["total_ms"] for r in recs], float)
@@ -299,8 +298,8 @@ def summarize(records: Sequence[dict], configs: Sequence[Config]) -> dict[str, d
         if cfg.kind == "spec":
             stats = AcceptanceStats()
             for r in recs:
-                stats.accepted += list(_rounds(r)[0])
-                stats.offered += list(_rounds(r)[1])
+                stats.accepted += r.get("round_accepted", [])
+                stats.offered += r.get("round_offered", [])
             bd = np.asarray([ref_by[r["prompt_id"]]["decode_ms"] for r in recs], float)
             row.update(mean_accept_len=stats.tau, tau_no_bonus=stats.tau_no_bonus,
                        acceptance_rate=stats.acceptance_rate, r_i=stats.cumulative(), a_i=stats.conditional(),
@@ -340,6 +339,3 @@ def choose(candidates: dict[str, Path]) -> tuple[str, dict[str, float]]:
     scores = {name: val_top1(d) for name, d in candidates.items()}
     return max(scores, key=scores.get), scores
 
-
-def _rounds(rec: dict) -> tuple[list[int], list[int]]:
-    return rec.get("round_accepted", []), rec.get("round_offered", [])
