@@ -52,9 +52,10 @@ def test_next_position_heads_are_scored_against_the_following_row(stores):
     assert nxt["rows"] == same["rows"] - 4
 
 
-def test_every_zoo_member_trains_and_its_checkpoint_reloads(stores, tmp_path):
+@pytest.mark.parametrize("precision", at.PRECISIONS)
+def test_every_zoo_member_trains_and_its_checkpoint_reloads(stores, tmp_path, precision):
     train, val, target = stores
-    cfg = at.AdapterTrainConfig(epochs=2, batch_size=8, rollout_steps=2)
+    cfg = at.AdapterTrainConfig(epochs=2, batch_size=8, rollout_steps=2, precision=precision)
     for name in at.ZOO:
         module, mcfg = at.build(name, HD, HT, 3)
         res = at.train_adapter(name, module, train, val, target, tmp_path, cfg, mcfg, progress=False,
@@ -93,3 +94,32 @@ def test_a_crashed_run_resumes_to_the_weights_of_an_uninterrupted_one(stores, tm
     a, b = load_file(str(tmp_path / "ref" / "L4" / "best.safetensors")), load_file(
         str(tmp_path / "run" / "L4" / "best.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_training_keeps_float32_weights_and_validates_in_float32(stores, tmp_path):
+    train, val, target = stores
+    cfg = at.AdapterTrainConfig(epochs=1, batch_size=8, precision="bf16")
+    module, mcfg = at.build("L4", HD, HT, 3)
+    res = at.train_adapter("L4", module, train, val, target, tmp_path, cfg, mcfg, progress=False, log=lambda *_: None)
+    saved = load_file(str(tmp_path / "L4" / "best.safetensors"))
+    assert saved and all(t.dtype == torch.float32 for t in saved.values())
+    # the kept epoch's validation loss is the float32 one of the saved weights
+    reloaded = heads.load_module(tmp_path / "L4" / "best.safetensors")
+    v = at.validate(reloaded, val, target, cfg, ("drafter", "target"), 1)
+    assert v["loss"] == pytest.approx(res["best_val"], rel=1e-6)
+    # the training forward pass did run in bfloat16: its predictions differ from float32 ones, by bf16 rounding
+    batch = next(at.batches(train, 8, ("drafter", "target"), shuffle=False, seed=0))
+    p32, p16 = at.forward(reloaded, batch, target)[0], at.forward(reloaded, batch, target, precision="bf16")[0]
+    assert p16.dtype == torch.float32 and not torch.equal(p32, p16)
+    assert float((p32 - p16).abs().max()) < 0.1 * float(p32.abs().max())
+
+
+def test_precision_is_checked_and_auto_follows_the_cpu_flags(tmp_path):
+    with pytest.raises(ValueError, match="precision"):
+        at.AdapterTrainConfig(precision="fp16")
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("flags\t\t: fpu sse avx512f amx_bf16 amx_tile\n")
+    plain.write_text("flags\t\t: fpu sse avx2\n")
+    assert at.cpu_has_bf16_matmul(amx) and not at.cpu_has_bf16_matmul(plain)
+    assert not at.cpu_has_bf16_matmul(tmp_path / "missing")
+    assert at.resolve_precision("fp32") == "fp32" and at.resolve_precision("auto") in at.PRECISIONS

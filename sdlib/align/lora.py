@@ -117,6 +117,9 @@ def lora_examples(drafter: Any, split_dir: Path, drafter_visual: Callable[[Any],
     missing = sorted(wanted - set(by_id))
     if missing:
         raise ValueError(f"{split_dir}: no instruction record for stored samples {missing[:3]}")
+    # one pass over the store: each shard read (and checked) once, not once per sample
+    stored = {sid: {k: v.clone() for k, v in sample.items()}
+              for sid, sample in store.stream(shuffle=False, prefetch=False, sample_ids=sorted(wanted))}
     out, clip_id, visual = [], None, None
     for sid in sorted(wanted, key=lambda i: (by_id[i]["clip_id"], i)):
         rec = by_id[sid]
@@ -126,7 +129,7 @@ def lora_examples(drafter: Any, split_dir: Path, drafter_visual: Callable[[Any],
         inputs = drafter.prepare(rec["conversations"][0]["value"], view)
         if visual is None:
             visual = drafter.encode_visual(inputs)  # [N, H] event tokens, no gradient
-        out.append((inputs, visual, store.load(sid)))
+        out.append((inputs, visual, stored[sid]))
     return out
 
 
@@ -179,8 +182,9 @@ def train_lora(drafter: Any, proj: torch.nn.Linear, train: Sequence[tuple], val:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def lora_rows(drafter: Any, proj: torch.nn.Linear, examples: Sequence[tuple]) -> list[torch.Tensor]:
-    """The mapped drafter states ``[n, H_target]`` of each example (eval mode)."""
+    """The mapped drafter states ``[n, H_target]`` of each example (eval mode, no autograd graph)."""
     drafter.model.eval()
     return [proj(drafter_rows(drafter, inputs, s["tokens"], visual)) for inputs, visual, s in examples]
 

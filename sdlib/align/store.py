@@ -597,7 +597,8 @@ class FeatureStore:
                            f"({self.n_samples} samples)") from None
 
     def load(self, sample_id: str) -> Sample:
-        """One sample's tensors ``{key: [n, ...]}`` (copies: the shard is freed on return)."""
+        """One sample's tensors ``{key: [n, ...]}`` (copies: the shard is freed on return). Each call reads and
+        checks the sample's whole shard: for many samples use :meth:`stream` (each shard once)."""
         i, j = self._locate(sample_id)
         _, tensors, offsets = self._read_shard(i)
         return {k: v.clone() for k, v in self._sample(tensors, offsets, j).items()}

@@ -10,7 +10,9 @@ Loss per predicted row: ``MSE(y, f) + cos_weight * (1 - cos(y, f)) + ce_weight *
 the target's frozen LM head. AdamW, cosine learning rate over all steps (after a short warm-up), gradient clipping,
 one validation pass per epoch; early stopping and the kept ("best") weights follow the **validation** loss only
 (the test split is never read here). Seeded; a killed run resumes from its last finished epoch with the same
-data order, so it ends with the weights an uninterrupted run would have.
+data order, so it ends with the weights an uninterrupted run would have. ``precision="bf16"`` runs the training
+forward passes under CPU autocast (bfloat16 matrix products, float32 weights, loss and optimizer state); validation
+always runs in float32, as every later use of the module does.
 
 Each run writes ``<out>/<name>/``: ``config.json``, ``history.json`` (per epoch: train and val loss, val cosine,
 val accept@0.90, val token top-1, learning rate, seconds), ``best.safetensors`` (with its type tag,
@@ -90,9 +92,35 @@ class AdapterTrainConfig:
     rollout_steps: int = 3  # EAGLE-3-style heads: steps of their own drafts in the loss
     seed: int = 0
     threads: int = 1
+    precision: str = "fp32"  # training matmuls: "fp32", or "bf16" (autocast; weights, loss and validation fp32)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: expected one of {PRECISIONS}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def cpu_has_bf16_matmul(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16), where bf16 training steps are faster
+    (B1 on the scale pair: 31 s instead of 43 s, same validation loss to 3 digits); without it bf16 is emulated
+    and slower."""
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def resolve_precision(precision: str) -> str:
+    """``"auto"``: bf16 where :func:`cpu_has_bf16_matmul`, else fp32; otherwise ``precision`` itself."""
+    if precision == "auto":
+        return "bf16" if cpu_has_bf16_matmul() else "fp32"
+    return precision
 
 
 @dataclass
@@ -147,16 +175,20 @@ def batches(store: FeatureStore, batch_size: int, keys: Iterable[str], *, shuffl
 
 
 def forward(module: torch.nn.Module, batch: dict[str, torch.Tensor], target_head: FrozenTarget,
-            steps: int = 1) -> list[torch.Tensor]:
-    """The module's predictions ``[B, T, H]`` on a padded batch; for an EAGLE-3-style head one per rollout step
-    (step s: row t predicts the target's row t + 1 + s)."""
+            steps: int = 1, precision: str = "fp32") -> list[torch.Tensor]:
+    """The module's predictions ``[B, T, H]`` (float32) on a padded batch; for an EAGLE-3-style head one per rollout
+    step (step s: row t predicts the target's row t + 1 + s). ``precision`` "bf16" runs the module under CPU
+    autocast (matmuls in bfloat16, float32 weights)."""
     task = task_of(module)
     args = []
     for name in task.inputs:
         args.append(target_head.embed[batch["tokens"]] if name == "embeds" else batch[name])
-    if type(module).__name__ == "Eagle3Head" and steps > 1:
-        return list(module.rollout(*args, steps=steps, mask=batch["mask"]))
-    return [module(*args, mask=batch["mask"])]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        if type(module).__name__ == "Eagle3Head" and steps > 1:
+            preds = list(module.rollout(*args, steps=steps, mask=batch["mask"]))
+        else:
+            preds = [module(*args, mask=batch["mask"])]
+    return [p.float() for p in preds]
 
 
 def losses(preds: Sequence[torch.Tensor], batch: dict[str, torch.Tensor], shift: int, target_head: FrozenTarget,
@@ -290,7 +322,7 @@ def _train(name, module, train, val, target_head, run, cfg, module_config, progr
         for i, batch in enumerate(batches(train, cfg.batch_size, keys, shuffle=True, seed=cfg.seed * 1000 + epoch)):
             for g in opt.param_groups:
                 g["lr"] = _lr(step0 + i, total, cfg)
-            preds = forward(module, batch, target_head, steps)
+            preds = forward(module, batch, target_head, steps, cfg.precision)
             loss, st = objective(preds, batch, task, target_head, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
