@@ -1,5 +1,6 @@
 """Stage 03's extraction: teacher-forced pairs that are aligned (row t of both models predicts answer token t), the
-original protocol, resumption, split disjointness, and a 2-process `accelerate launch` run equal to 1 process."""
+original protocol, resumption (after a rerun and after SIGKILL of a real extraction process), split disjointness,
+and a 2-process `accelerate launch` run equal to 1 process."""
 import json
 
 import pytest
@@ -105,8 +106,9 @@ def test_a_rerun_skips_stored_samples_and_splits_stay_disjoint(pair, world, tmp_
         clips["val"] & clips["test"])
 
 
-@pytest.mark.slow
-def test_two_accelerate_processes_store_what_one_process_stores(pair, world, tmp_path, data_dir):
+def install_stage_pair(pair, world, data_dir) -> StagePair:
+    """The random pair and the small world as stage 01's output under ``data_dir``, so that a separate extraction
+    process (``python -m sdlib.align.extract``) loads them as a stage would."""
     drafter, target = pair
     pair_dir = save_pair(drafter, target, data_dir / "models" / "scale-random7")
     meta = json.loads((pair_dir / "pair.json").read_text())
@@ -120,19 +122,70 @@ def test_two_accelerate_processes_store_what_one_process_stores(pair, world, tmp
     (data_dir / "world" / "t").symlink_to(world, target_is_directory=True)
     from sdlib.models.stage_pair import load_stage_pair
 
-    sp = load_stage_pair()
-    clips = extract.split_clips(world / "train", 3)
-    one = extract.run_extraction(sp, "train", clips, tmp_path / "one", CFG, "fp", progress=False)
-    two = extract.run_extraction(sp, "train", clips, tmp_path / "two", CFG, "fp", processes=2)
-    assert one["samples"] == two["samples"] > 0 and two["processes"] == 2
-    a, b = FeatureStore(tmp_path / "one"), FeatureStore(tmp_path / "two")
-    assert sorted(a.sample_ids) == sorted(b.sample_ids)
-    assert {p.name.split("-")[1] for p in (tmp_path / "two").glob("shard-*.safetensors")} == {"r00", "r01"}
+    return load_stage_pair()
+
+
+def assert_same_store(a: FeatureStore, b: FeatureStore) -> None:
+    assert sorted(a.sample_ids) == sorted(b.sample_ids) and len(set(b.sample_ids)) == len(b.sample_ids)
     for sid in a.sample_ids:
         x, y = a.load(sid), b.load(sid)
         assert x.keys() == y.keys()
         for k in x:
             assert torch.equal(x[k], y[k]), (sid, k)
+
+
+@pytest.mark.slow
+def test_a_killed_extraction_process_resumes_to_the_store_of_an_uninterrupted_run(pair, world, tmp_path, data_dir):
+    """SIGKILL a real extraction process (the stage's command line, one rank) once a shard is on record, then rerun
+    it: nothing is stored twice or half, at most the unflushed buffer is redone, and the result equals one run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sp = install_stage_pair(pair, world, data_dir)
+    clips = extract.split_clips(world / "train", 6)
+    one = extract.run_extraction(sp, "train", clips, tmp_path / "one", CFG, "fp", progress=False)
+    out = tmp_path / "killed"
+    out.mkdir()
+    source = {"pair": sp.key, "split": extract.read_manifest(world / "train")["content_hash"], "clips": list(clips)}
+    job = out / "job.json"
+    job.write_text(json.dumps({"split_dir": str(world / "train"), "clips": clips, "config": CFG.to_dict(),
+                               "fingerprint": "fp", "source": source}))
+    cmd = [sys.executable, "-m", "sdlib.align.extract", "--job", str(job)]
+    env = {**os.environ, "SDLIB_DATA_DIR": str(data_dir)}
+
+    def on_record() -> list[str]:
+        index = out / "index.r00.json"
+        return [s for e in json.loads(index.read_text())["shards"] for s in e["sample_ids"]] if index.is_file() else []
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not on_record() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the extraction ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = on_record()
+    assert 0 < len(first) < one["samples"], "killed mid-run, with at least one shard on record"
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    report = json.loads(next(line for line in rerun.stdout.splitlines() if line.startswith('{"rank"')))
+    assert report["skipped_done"] == len(first) and report["samples"] == one["samples"] - len(first)
+    assert_same_store(FeatureStore(tmp_path / "one"), FeatureStore(out))
+
+
+@pytest.mark.slow
+def test_two_accelerate_processes_store_what_one_process_stores(pair, world, tmp_path, data_dir):
+    sp = install_stage_pair(pair, world, data_dir)
+    clips = extract.split_clips(world / "train", 3)
+    one = extract.run_extraction(sp, "train", clips, tmp_path / "one", CFG, "fp", progress=False)
+    two = extract.run_extraction(sp, "train", clips, tmp_path / "two", CFG, "fp", processes=2)
+    assert one["samples"] == two["samples"] > 0 and two["processes"] == 2
+    assert {p.name.split("-")[1] for p in (tmp_path / "two").glob("shard-*.safetensors")} == {"r00", "r01"}
+    assert_same_store(FeatureStore(tmp_path / "one"), FeatureStore(tmp_path / "two"))
 
 
 def test_l6_lora_reads_the_stored_rows_and_trains_only_its_own_weights(world, tmp_path):
