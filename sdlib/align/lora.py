@@ -182,9 +182,8 @@ def train_lora(drafter: Any, proj: torch.nn.Linear, train: Sequence[tuple], val:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def lora_rows(drafter: Any, proj: torch.nn.Linear, examples: Sequence[tuple]) -> list[torch.Tensor]:
-    """The mapped drafter states ``[n, H_target]`` of each example (eval mode, no autograd graph)."""
+    """The mapped drafter states ``[n, H_target]`` of each example (eval mode)."""
     drafter.model.eval()
     return [proj(drafter_rows(drafter, inputs, s["tokens"], visual)) for inputs, visual, s in examples]
 
