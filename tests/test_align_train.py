@@ -109,7 +109,9 @@ def test_bf16_training_keeps_float32_weights_and_validates_in_float32(stores, tm
     assert v["loss"] == pytest.approx(res["best_val"], rel=1e-6)
     # the training forward pass did run in bfloat16: its predictions differ from float32 ones, by bf16 rounding
     batch = next(at.batches(train, 8, ("drafter", "target"), shuffle=False, seed=0))
-    p32, p16 = at.forward(reloaded, batch, target)[0], at.forward(reloaded, batch, target, precision="bf16")[0]
+    reloaded.eval()
+    with torch.no_grad():
+        p32, p16 = at.forward(reloaded, batch, target)[0], at.forward(reloaded, batch, target, precision="bf16")[0]
     assert p16.dtype == torch.float32 and not torch.equal(p32, p16)
     assert float((p32 - p16).abs().max()) < 0.1 * float(p32.abs().max())
 
