@@ -100,16 +100,13 @@ def hf_generate(target, inputs, max_new_tokens: int, **kwargs) -> list[int]:
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its deprecation notices about generation arguments are not results
     try:
-        return _hf_generate(target, inputs, max_new_tokens, **kwargs)
+        with torch.no_grad():
+            out = target.model.generate(input_ids=inputs.input_ids,
+                                        pixel_values_videos=inputs.extra["pixel_values_videos"], do_sample=False,
+                                        max_new_tokens=max_new_tokens, eos_token_id=target.eos_token_id,
+                                        pad_token_id=target.tokenizer.pad_token_id, **kwargs)
     finally:
         hf_logging.set_verbosity(level)
-
-
-def _hf_generate(target, inputs, max_new_tokens: int, **kwargs) -> list[int]:
-    with torch.no_grad():
-        out = target.model.generate(input_ids=inputs.input_ids, pixel_values_videos=inputs.extra["pixel_values_videos"],
-                                    do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=target.eos_token_id,
-                                    pad_token_id=target.tokenizer.pad_token_id, **kwargs)
     return out[0, inputs.input_ids.shape[1]:].tolist()
 
 

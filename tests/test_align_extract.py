@@ -148,12 +148,8 @@ def test_a_killed_extraction_process_resumes_to_the_store_of_an_uninterrupted_ru
     clips = extract.split_clips(world / "train", 6)
     one = extract.run_extraction(sp, "train", clips, tmp_path / "one", CFG, "fp", progress=False)
     out = tmp_path / "killed"
-    out.mkdir()
-    source = {"pair": sp.key, "split": extract.read_manifest(world / "train")["content_hash"], "clips": list(clips)}
-    job = out / "job.json"
-    job.write_text(json.dumps({"split_dir": str(world / "train"), "clips": clips, "config": CFG.to_dict(),
-                               "fingerprint": "fp", "source": source}))
-    cmd = [sys.executable, "-m", "sdlib.align.extract", "--job", str(job)]
+    cmd = [sys.executable, *extract.write_job(out, world / "train", clips, CFG, "fp",
+                                              extract.extraction_source(sp, "train", clips))]
     env = {**os.environ, "SDLIB_DATA_DIR": str(data_dir)}
 
     def on_record() -> list[str]:

@@ -291,7 +291,7 @@ def run_extraction(pair: Any, split: str, clips: Sequence[str], out_dir: Path, c
     if done.is_file():
         return {**json.loads(done.read_text()), "reused": True}
     split_dir = pair.data_root / split
-    source = {"pair": pair.key, "split": read_manifest(split_dir)["content_hash"], "clips": list(clips)}
+    source = extraction_source(pair, split, clips)
     t0 = time.perf_counter()
     if processes <= 1:
         to_draft = None if pair.pairing.identical else pair.pairing.to_draft
@@ -318,20 +318,32 @@ def run_extraction(pair: Any, split: str, clips: Sequence[str], out_dir: Path, c
     return {**report, "reused": False}
 
 
+def extraction_source(pair: Any, split: str, clips: Sequence[str]) -> dict[str, Any]:
+    """What a split's samples come from (the pair's cache key, the split's content hash, the clips), recorded in
+    the store's config so that a store of other models or data is refused instead of extended."""
+    return {"pair": pair.key, "split": read_manifest(pair.data_root / split)["content_hash"], "clips": list(clips)}
+
+
+def write_job(out_dir: Path, split_dir: Path, clips: Sequence[str], cfg: ExtractConfig, fingerprint: str,
+              source: dict[str, Any], threads: int = 1) -> list[str]:
+    """Write ``out_dir/job.json`` for the ranks of :func:`main`; returns a rank's arguments after ``python``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = out_dir / "job.json"
+    job.write_text(json.dumps({"split_dir": str(split_dir), "clips": list(clips), "config": cfg.to_dict(),
+                               "fingerprint": fingerprint, "source": source}))
+    return ["-m", "sdlib.align.extract", "--job", str(job), "--threads", str(threads)]
+
+
 def _launch(split_dir: Path, clips: Sequence[str], out_dir: Path, cfg: ExtractConfig, fingerprint: str,
             source: dict[str, Any], processes: int, threads: int = 1,
             timeout_s: float = 6 * 3600) -> list[dict[str, Any]]:
     """``accelerate launch`` of :func:`main` over ``processes`` CPU ranks; their JSON reports. A launch running past
     ``timeout_s`` is killed with all its ranks, and the error says how far it got."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    job = out_dir / "job.json"
-    job.write_text(json.dumps({"split_dir": str(split_dir), "clips": list(clips), "config": cfg.to_dict(),
-                               "fingerprint": fingerprint, "source": source}))
+    rank_args = write_job(out_dir, split_dir, clips, cfg, fingerprint, source, threads)
     # torchrun under accelerate's multi-process launcher; on a machine without CUDA the ranks join over gloo
     # (accelerate's `--cpu` launcher would need mpirun for more than one process)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "sdlib.align.extract", "--job", str(job), "--threads", str(threads)]
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *rank_args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout_s)
@@ -342,14 +354,13 @@ def _launch(split_dir: Path, clips: Sequence[str], out_dir: Path, cfg: ExtractCo
         raise RuntimeError(f"extraction of {split_dir} with {processes} processes stopped after {timeout_s:.0f} s: "
                            f"{len(shards)} shard(s) were complete in {out_dir} (a rerun resumes from them); the "
                            f"ranks' last output:\n{stderr[-2000:]}") from None
-    proc = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"extraction of {split_dir} with {processes} processes failed (exit {proc.returncode}):\n"
-                           f"{proc.stderr[-4000:]}")
-    reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"rank"')]
+                           f"{stderr[-4000:]}")
+    reports = [json.loads(line) for line in stdout.splitlines() if line.startswith('{"rank"')]
     if len(reports) != processes:
         raise RuntimeError(f"extraction of {split_dir}: {len(reports)} of {processes} ranks reported:\n"
-                           f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+                           f"{stdout[-2000:]}\n{stderr[-2000:]}")
     return reports
 
 
